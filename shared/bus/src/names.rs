@@ -1,0 +1,188 @@
+//! Every RabbitMQ name leadpipe uses, derived from `LEADPIPE_NAMESPACE` (SPEC §4), so two
+//! installations or test runs can share one broker.
+
+use std::fmt;
+use std::time::Duration;
+
+/// A delivery destination, each with its own work queue and dead-letter queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Destination {
+    /// Meta Conversions API (`meta-sender`).
+    Meta,
+    /// GA4 Measurement Protocol (`ga4-sender`).
+    Ga4,
+    /// Google Ads (`google-ads-sender`).
+    GoogleAds,
+    /// The CRM (`crm-writer`).
+    Crm,
+}
+
+impl Destination {
+    /// All destinations, in queue order.
+    pub const ALL: [Destination; 4] = [Self::Meta, Self::Ga4, Self::GoogleAds, Self::Crm];
+
+    /// The name used in queue names, metrics labels and the delivery log.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Meta => "meta",
+            Self::Ga4 => "ga4",
+            Self::GoogleAds => "google_ads",
+            Self::Crm => "crm",
+        }
+    }
+
+    /// Parses a destination name as written in queue names (`google_ads`; `google-ads` too).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "meta" => Some(Self::Meta),
+            "ga4" => Some(Self::Ga4),
+            "google_ads" | "google-ads" => Some(Self::GoogleAds),
+            "crm" => Some(Self::Crm),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Destination {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The retry delay tiers. A retry waits in the smallest tier at least as long as its computed
+/// delay (per-message TTL inside the tier), then returns to its work queue. Fixed tiers keep
+/// the number of queues small and let a long delay never hold up a short one for longer than
+/// its own tier.
+pub const DELAY_TIERS: [Duration; 6] = [
+    Duration::from_secs(1),
+    Duration::from_secs(10),
+    Duration::from_secs(60),
+    Duration::from_secs(600),
+    Duration::from_secs(3600),
+    Duration::from_secs(6 * 3600),
+];
+
+/// Short label of a delay tier, used in queue names and routing keys (`10s`, `1h`).
+pub fn tier_label(tier: Duration) -> String {
+    let s = tier.as_secs();
+    if s % 3600 == 0 {
+        format!("{}h", s / 3600)
+    } else if s % 60 == 0 {
+        format!("{}m", s / 60)
+    } else {
+        format!("{s}s")
+    }
+}
+
+/// The names of one namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Names {
+    ns: String,
+}
+
+impl Names {
+    /// Names under namespace `ns` (`leadpipe` by default).
+    pub fn new(ns: impl Into<String>) -> Self {
+        Self { ns: ns.into() }
+    }
+
+    /// The namespace itself.
+    pub fn namespace(&self) -> &str {
+        &self.ns
+    }
+
+    /// `<ns>.events`: the topic exchange ingest publishes to.
+    pub fn events_exchange(&self) -> String {
+        format!("{}.events", self.ns)
+    }
+
+    /// `<ns>.dlx`: the direct exchange dead letters go through, keyed by destination.
+    pub fn dead_letter_exchange(&self) -> String {
+        format!("{}.dlx", self.ns)
+    }
+
+    /// `<ns>.delay`: the topic exchange retries are published to (`<tier>.<destination>`).
+    pub fn delay_exchange(&self) -> String {
+        format!("{}.delay", self.ns)
+    }
+
+    /// `<ns>.redeliver`: where expired retries go back to their work queue (`*.<destination>`).
+    pub fn redeliver_exchange(&self) -> String {
+        format!("{}.redeliver", self.ns)
+    }
+
+    /// `<ns>.<destination>`: a work queue.
+    pub fn work_queue(&self, d: Destination) -> String {
+        format!("{}.{}", self.ns, d.as_str())
+    }
+
+    /// `<ns>.<destination>.dlq`: a dead-letter queue.
+    pub fn dead_letter_queue(&self, d: Destination) -> String {
+        format!("{}.{}.dlq", self.ns, d.as_str())
+    }
+
+    /// `<ns>.delay.<tier>`: a delay queue shared by all destinations.
+    pub fn delay_queue(&self, tier: Duration) -> String {
+        format!("{}.delay.{}", self.ns, tier_label(tier))
+    }
+
+    /// Routing key on `<ns>.events`: `<event_name>.<source>` (SPEC §4).
+    pub fn event_routing_key(event_name: &str, source: &str) -> String {
+        format!("{event_name}.{source}")
+    }
+
+    /// Routing key of a retry: `<tier>.<destination>`.
+    pub fn delay_routing_key(tier: Duration, d: Destination) -> String {
+        format!("{}.{}", tier_label(tier), d.as_str())
+    }
+
+    /// Every queue of the namespace (work, dead-letter, delay).
+    pub fn all_queues(&self) -> Vec<String> {
+        let mut q: Vec<String> = Destination::ALL
+            .iter()
+            .flat_map(|d| [self.work_queue(*d), self.dead_letter_queue(*d)])
+            .collect();
+        q.extend(DELAY_TIERS.iter().map(|t| self.delay_queue(*t)));
+        q
+    }
+
+    /// Every exchange of the namespace.
+    pub fn all_exchanges(&self) -> Vec<String> {
+        vec![
+            self.events_exchange(),
+            self.dead_letter_exchange(),
+            self.delay_exchange(),
+            self.redeliver_exchange(),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_spec() {
+        let n = Names::new("leadpipe");
+        assert_eq!(n.events_exchange(), "leadpipe.events");
+        assert_eq!(n.dead_letter_exchange(), "leadpipe.dlx");
+        assert_eq!(n.work_queue(Destination::GoogleAds), "leadpipe.google_ads");
+        assert_eq!(n.dead_letter_queue(Destination::Meta), "leadpipe.meta.dlq");
+        assert_eq!(n.delay_queue(Duration::from_secs(600)), "leadpipe.delay.10m");
+        assert_eq!(Names::event_routing_key("lead", "site-widget"), "lead.site-widget");
+        assert_eq!(
+            Names::delay_routing_key(Duration::from_secs(3600), Destination::Crm),
+            "1h.crm"
+        );
+        assert_eq!(n.all_queues().len(), 4 * 2 + DELAY_TIERS.len());
+    }
+
+    #[test]
+    fn destinations_round_trip_through_their_names() {
+        for d in Destination::ALL {
+            assert_eq!(Destination::parse(d.as_str()), Some(d));
+        }
+        assert_eq!(Destination::parse("google-ads"), Some(Destination::GoogleAds));
+        assert_eq!(Destination::parse("tiktok"), None);
+    }
+}
