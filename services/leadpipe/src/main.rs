@@ -1,1 +1,107 @@
-fn main() {}
+//! `leadpipe`: the operator CLI (SPEC §6).
+//!
+//! # Layout
+//! - `migrate`: applies the database migrations (creating the database if needed).
+//! - `topology apply|delete`: declares (or removes) the namespace's exchanges and queues.
+//! - `send`: signs and posts a JSONL file of events to ingest, with progress.
+
+#![forbid(unsafe_code)]
+
+mod send;
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use leadpipe_bus::Names;
+use leadpipe_bus::topology::{self, TopologySettings};
+use leadpipe_config::{AmqpSettings, DatabaseSettings};
+
+#[derive(Parser)]
+#[command(name = "leadpipe", version, about = "Operate a leadpipe installation")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Apply the database migrations to DATABASE_URL (creates the database if missing).
+    Migrate,
+    /// Manage the RabbitMQ topology of LEADPIPE_NAMESPACE on AMQP_URL.
+    Topology {
+        #[command(subcommand)]
+        action: TopologyAction,
+    },
+    /// Sign and post every line of a JSONL file to ingest.
+    Send(send::SendArgs),
+}
+
+#[derive(Subcommand)]
+enum TopologyAction {
+    /// Declare every exchange, queue and binding (idempotent).
+    Apply,
+    /// Delete every queue and exchange of the namespace, messages included.
+    Delete {
+        /// Required: this drops every message in the namespace's queues.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    leadpipe_telemetry::init("leadpipe", "warn", leadpipe_telemetry::LogFormat::Pretty);
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("leadpipe: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Migrate => {
+            let db = DatabaseSettings::from_env();
+            let pool = leadpipe_db::connect(&db.url, 2).await?;
+            leadpipe_db::migrate(&pool).await?;
+            println!(
+                "database migrated ({} migrations)",
+                leadpipe_db::MIGRATOR.iter().count()
+            );
+        }
+        Command::Topology { action } => {
+            let amqp = AmqpSettings::from_env()?;
+            let names = Names::new(amqp.namespace.clone());
+            let conn = leadpipe_bus::connect(&amqp.url, "leadpipe-cli").await?;
+            let channel = conn.create_channel().await?;
+            match action {
+                TopologyAction::Apply => {
+                    topology::declare(&channel, &names, TopologySettings::default())
+                        .await
+                        .context("declaring the topology")?;
+                    println!("topology of namespace {:?} declared:", names.namespace());
+                    for q in names.all_queues() {
+                        println!("  queue {q}");
+                    }
+                }
+                TopologyAction::Delete { yes } => {
+                    anyhow::ensure!(
+                        yes,
+                        "this deletes every queue of namespace {:?} and the messages in them; pass --yes",
+                        names.namespace()
+                    );
+                    topology::delete(&channel, &names).await?;
+                    println!("topology of namespace {:?} deleted", names.namespace());
+                }
+            }
+            let _ = conn.close(200, "done".into()).await;
+        }
+        Command::Send(args) => return send::run(args).await,
+    }
+    Ok(ExitCode::SUCCESS)
+}

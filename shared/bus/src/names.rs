@@ -168,8 +168,14 @@ mod tests {
         assert_eq!(n.dead_letter_exchange(), "leadpipe.dlx");
         assert_eq!(n.work_queue(Destination::GoogleAds), "leadpipe.google_ads");
         assert_eq!(n.dead_letter_queue(Destination::Meta), "leadpipe.meta.dlq");
-        assert_eq!(n.delay_queue(Duration::from_secs(600)), "leadpipe.delay.10m");
-        assert_eq!(Names::event_routing_key("lead", "site-widget"), "lead.site-widget");
+        assert_eq!(
+            n.delay_queue(Duration::from_secs(600)),
+            "leadpipe.delay.10m"
+        );
+        assert_eq!(
+            Names::event_routing_key("lead", "site-widget"),
+            "lead.site-widget"
+        );
         assert_eq!(
             Names::delay_routing_key(Duration::from_secs(3600), Destination::Crm),
             "1h.crm"
@@ -182,7 +188,10 @@ mod tests {
         for d in Destination::ALL {
             assert_eq!(Destination::parse(d.as_str()), Some(d));
         }
-        assert_eq!(Destination::parse("google-ads"), Some(Destination::GoogleAds));
+        assert_eq!(
+            Destination::parse("google-ads"),
+            Some(Destination::GoogleAds)
+        );
         assert_eq!(Destination::parse("tiktok"), None);
     }
 }

@@ -1,0 +1,85 @@
+//! Ingest settings: the SPEC's variables, read once at start-up and checked.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use leadpipe_config::mapping::{DEFAULT_MAPPING_PATH, MappingConfig};
+use leadpipe_config::sources::{self, DEFAULT_SOURCES_PATH, Source};
+use leadpipe_config::{AmqpSettings, ConfigError, env};
+
+/// Default `INGEST_ADDR`.
+pub const DEFAULT_ADDR: &str = "0.0.0.0:8080";
+/// Default body limit, in bytes (256 KiB, SPEC §3).
+pub const DEFAULT_MAX_BODY_BYTES: usize = 256 * 1024;
+/// Most events in one batch request (SPEC §3).
+pub const MAX_BATCH_EVENTS: usize = 500;
+/// How far a signed timestamp may be from now, in seconds (SPEC §3).
+pub const SIGNATURE_TOLERANCE_SECS: i64 = 300;
+
+/// Everything ingest needs.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `INGEST_ADDR`: where the API and `/metrics` listen.
+    pub addr: SocketAddr,
+    /// `AMQP_URL`, `LEADPIPE_NAMESPACE`.
+    pub amqp: AmqpSettings,
+    /// The sources of `LEADPIPE_SOURCES`, secrets resolved.
+    pub sources: Vec<Source>,
+    /// Custom event names declared in `LEADPIPE_CONFIG`.
+    pub custom_events: HashSet<String>,
+    /// `INGEST_MAX_BODY_BYTES`: larger bodies get `413`.
+    pub max_body_bytes: usize,
+    /// `INGEST_CONFIRM_TIMEOUT_MS`: how long a request waits for the broker's confirm before
+    /// it gets `503`.
+    pub confirm_timeout: Duration,
+}
+
+impl Settings {
+    /// Reads and checks the environment and the files it names.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let addr = env::parse_or(
+            "INGEST_ADDR",
+            DEFAULT_ADDR.parse().expect("the default address parses"),
+            "a socket address such as 0.0.0.0:8080",
+        )?;
+        let sources_path = PathBuf::from(env::string_or("LEADPIPE_SOURCES", DEFAULT_SOURCES_PATH));
+        let sources = sources::load(&sources_path, |name| std::env::var(name).ok())?;
+        let mapping_var = env::optional("LEADPIPE_CONFIG");
+        let mapping = MappingConfig::load(
+            &PathBuf::from(mapping_var.as_deref().unwrap_or(DEFAULT_MAPPING_PATH)),
+            mapping_var.is_some(),
+        )?;
+        let max_body_bytes = env::parse_or(
+            "INGEST_MAX_BODY_BYTES",
+            DEFAULT_MAX_BODY_BYTES,
+            "a number of bytes",
+        )?;
+        if max_body_bytes < 1024 {
+            return Err(ConfigError::invalid(
+                "INGEST_MAX_BODY_BYTES",
+                "must be at least 1024",
+            ));
+        }
+        let confirm_ms: u64 = env::parse_or(
+            "INGEST_CONFIRM_TIMEOUT_MS",
+            5000,
+            "a number of milliseconds",
+        )?;
+        if confirm_ms == 0 {
+            return Err(ConfigError::invalid(
+                "INGEST_CONFIRM_TIMEOUT_MS",
+                "must be at least 1",
+            ));
+        }
+        Ok(Self {
+            addr,
+            amqp: AmqpSettings::from_env()?,
+            sources,
+            custom_events: mapping.custom_event_names().map(str::to_owned).collect(),
+            max_body_bytes,
+            confirm_timeout: Duration::from_millis(confirm_ms),
+        })
+    }
+}

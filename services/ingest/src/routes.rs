@@ -1,0 +1,327 @@
+//! The HTTP API (SPEC §3).
+//!
+//! Each `/v1` request goes through the same steps, in this order, so that the cheapest
+//! refusal comes first: media type (415) → body size (413) → signature (401) → JSON (400) →
+//! rate limit (429) → validation (422) → publish and confirm (503 or 202).
+
+use std::num::NonZeroU32;
+use std::time::Instant;
+
+use axum::Json;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use chrono::{SecondsFormat, Utc};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+
+use leadpipe_bus::headers::TRACEPARENT;
+use leadpipe_bus::publisher::string_headers;
+use leadpipe_bus::{Names, OutgoingMessage};
+use leadpipe_config::sources::Source;
+use leadpipe_events::{Envelope, FieldError, SCHEMA_VERSION, ValidationContext, codes};
+use leadpipe_telemetry::traceparent::TraceParent;
+
+use crate::auth;
+use crate::cfg::MAX_BATCH_EVENTS;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// `POST /v1/events`.
+pub async fn post_event(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    let started = Instant::now();
+    let result = accept_one(&app, &headers, body).await;
+    finish(&app, &headers, "event", started, result)
+}
+
+/// `POST /v1/events/batch`.
+pub async fn post_batch(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    let started = Instant::now();
+    let result = accept_batch(&app, &headers, body).await;
+    finish(&app, &headers, "batch", started, result)
+}
+
+/// `GET /v1/schema`: the JSON Schema generated from the event types.
+pub async fn schema() -> Json<Value> {
+    Json(leadpipe_events::validate::schema().clone())
+}
+
+/// `GET /healthz`: the process is up.
+pub async fn healthz() -> StatusCode {
+    StatusCode::OK
+}
+
+/// `GET /readyz`: a confirm channel to the broker is open.
+pub async fn readyz(State(app): State<AppState>) -> Response {
+    if app.publisher.is_ready() {
+        (StatusCode::OK, Json(json!({"status": "ready"}))).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "not_ready", "reason": "no confirmed channel to RabbitMQ"})),
+        )
+            .into_response()
+    }
+}
+
+/// `GET /metrics`.
+pub async fn metrics(State(app): State<AppState>) -> Response {
+    app.metrics
+        .broker_ready
+        .set(i64::from(app.publisher.is_ready()));
+    (
+        [(
+            header::CONTENT_TYPE,
+            leadpipe_telemetry::metrics::CONTENT_TYPE,
+        )],
+        leadpipe_telemetry::metrics::render(&app.metrics.registry),
+    )
+        .into_response()
+}
+
+fn finish(
+    app: &AppState,
+    headers: &HeaderMap,
+    endpoint: &str,
+    started: Instant,
+    result: Result<Response, ApiError>,
+) -> Response {
+    let response = result.unwrap_or_else(|e| {
+        match &e {
+            ApiError::Unavailable { reason, .. } => {
+                tracing::warn!(endpoint, %reason, "event not accepted: broker unavailable");
+            }
+            other => tracing::info!(endpoint, error = %other, "request refused"),
+        }
+        e.into_response()
+    });
+    // Only configured source ids become label values, so a caller cannot grow the series.
+    let source = auth::claimed_source(headers)
+        .filter(|id| app.sources.iter().any(|s| s.id == *id))
+        .unwrap_or("unknown");
+    app.metrics
+        .requests
+        .with_label_values(&[source, response.status().as_str()])
+        .inc();
+    app.metrics
+        .latency
+        .with_label_values(&[endpoint])
+        .observe(started.elapsed().as_secs_f64());
+    response
+}
+
+/// Steps shared by both endpoints, up to the parsed JSON.
+async fn authenticate<'a>(
+    app: &'a AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(&'a Source, Value), ApiError> {
+    let json_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|v| v.trim().eq_ignore_ascii_case("application/json"))
+        .unwrap_or(false);
+    if !json_type {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    let bytes = read_limited(body, app.max_body_bytes).await?;
+    let source = auth::verify(&app.sources, headers, &bytes, Utc::now().timestamp())?;
+    let value: Value =
+        serde_json::from_slice(&bytes).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+    Ok((source, value))
+}
+
+async fn read_limited(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(ApiError::PayloadTooLarge(limit))
+        }
+        Err(e) => Err(ApiError::InvalidJson(format!(
+            "the body could not be read: {e}"
+        ))),
+    }
+}
+
+fn rate_limit(app: &AppState, source: &Source, events: usize) -> Result<(), ApiError> {
+    let Some(limiter) = app.limiters.get(&source.id) else {
+        return Ok(());
+    };
+    // A batch larger than the bucket waits for a full bucket rather than failing forever.
+    let n = u32::try_from(events.max(1))
+        .unwrap_or(u32::MAX)
+        .min(source.rate_limit_per_second);
+    let n = NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN);
+    match limiter.check_n(n) {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(not_until)) => {
+            let wait = not_until.wait_time_from(governor::clock::Clock::now(&app.clock));
+            Err(ApiError::RateLimited {
+                retry_after_secs: wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
+            })
+        }
+        // n is capped at the bucket size, so capacity is always sufficient.
+        Err(_) => Ok(()),
+    }
+}
+
+/// A validated event, ready to publish.
+struct Accepted {
+    event_id: String,
+    event_name: String,
+    body: Vec<u8>,
+}
+
+fn validate(app: &AppState, source: &Source, value: &Value) -> Result<Accepted, Vec<FieldError>> {
+    let ctx = ValidationContext {
+        source_id: &source.id,
+        default_region: source.default_region.as_deref(),
+        custom_events: &app.custom_events,
+        now: Utc::now(),
+    };
+    let valid = leadpipe_events::validate_event(value, &ctx).inspect_err(|errors| {
+        for e in errors {
+            app.metrics
+                .rejected
+                .with_label_values(&[source.id.as_str(), e.code])
+                .inc();
+        }
+    })?;
+    let event_name = valid.event.name().to_owned();
+    let envelope = Envelope {
+        schema_version: SCHEMA_VERSION,
+        event_id: valid.event_id.clone(),
+        ingested_at: Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
+        event: valid.event,
+    };
+    let body = serde_json::to_vec(&envelope).expect("an envelope always serializes");
+    Ok(Accepted {
+        event_id: valid.event_id,
+        event_name,
+        body,
+    })
+}
+
+async fn publish(
+    app: &AppState,
+    source: &Source,
+    event: &Accepted,
+    trace: &TraceParent,
+) -> Result<(), String> {
+    let names: &Names = app.publisher.names();
+    let exchange = names.events_exchange();
+    let routing_key = Names::event_routing_key(&event.event_name, &source.id);
+    let msg = OutgoingMessage {
+        exchange: &exchange,
+        routing_key: &routing_key,
+        body: &event.body,
+        message_id: &event.event_id,
+        headers: string_headers([(TRACEPARENT, trace.child().to_string())]),
+    };
+    match app.publisher.publish(&msg).await {
+        Ok(()) => {
+            app.metrics
+                .published
+                .with_label_values(&[source.id.as_str(), event.event_name.as_str()])
+                .inc();
+            tracing::info!(
+                event_id = %event.event_id,
+                source = %source.id,
+                event_name = %event.event_name,
+                traceparent = %trace,
+                "event accepted"
+            );
+            Ok(())
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn trace_of(headers: &HeaderMap) -> TraceParent {
+    TraceParent::continue_or_start(headers.get(TRACEPARENT).and_then(|v| v.to_str().ok()))
+}
+
+async fn accept_one(app: &AppState, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
+    let (source, value) = authenticate(app, headers, body).await?;
+    rate_limit(app, source, 1)?;
+    let event = validate(app, source, &value).map_err(ApiError::Validation)?;
+    let trace = trace_of(headers);
+    publish(app, source, &event, &trace)
+        .await
+        .map_err(|reason| ApiError::Unavailable {
+            reason,
+            results: None,
+        })?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"event_id": event.event_id, "status": "accepted"})),
+    )
+        .into_response())
+}
+
+async fn accept_batch(
+    app: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let (source, value) = authenticate(app, headers, body).await?;
+    let Value::Array(items) = value else {
+        return Err(ApiError::Validation(vec![FieldError::new(
+            "",
+            codes::INVALID_TYPE,
+            "a batch is a JSON array of events",
+        )]));
+    };
+    if items.is_empty() || items.len() > MAX_BATCH_EVENTS {
+        return Err(ApiError::Validation(vec![FieldError::new(
+            "",
+            codes::TOO_MANY,
+            format!(
+                "a batch holds 1 to {MAX_BATCH_EVENTS} events, not {}",
+                items.len()
+            ),
+        )]));
+    }
+    rate_limit(app, source, items.len())?;
+    let trace = trace_of(headers);
+    let checked: Vec<_> = items.iter().map(|v| validate(app, source, v)).collect();
+    let outcomes = futures::future::join_all(checked.iter().map(|c| async {
+        match c {
+            Ok(event) => Some(publish(app, source, event, &trace).await),
+            Err(_) => None,
+        }
+    }))
+    .await;
+    let mut failure = None;
+    let results: Vec<Value> = checked
+        .iter()
+        .zip(outcomes)
+        .enumerate()
+        .map(|(index, (checked, outcome))| match (checked, outcome) {
+            (Ok(e), Some(Ok(()))) => {
+                json!({"index": index, "status": "accepted", "event_id": e.event_id})
+            }
+            (Ok(e), Some(Err(reason))) => {
+                failure.get_or_insert(reason);
+                json!({"index": index, "status": "unavailable", "event_id": e.event_id})
+            }
+            (Ok(e), None) => {
+                failure.get_or_insert_with(|| "not published".to_owned());
+                json!({"index": index, "status": "unavailable", "event_id": e.event_id})
+            }
+            (Err(errors), _) => json!({"index": index, "status": "rejected", "errors": errors}),
+        })
+        .collect();
+    if let Some(reason) = failure {
+        return Err(ApiError::Unavailable {
+            reason,
+            results: Some(Value::Array(results)),
+        });
+    }
+    Ok((StatusCode::OK, Json(json!({"results": results}))).into_response())
+}

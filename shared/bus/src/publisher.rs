@@ -1,0 +1,294 @@
+//! A confirmed publisher that survives the broker going away.
+//!
+//! A supervisor task owns the connection: it connects, declares the topology, opens one
+//! channel in confirm mode and hands it out; when the connection fails it drops the channel
+//! (so [`Publisher::is_ready`] turns false at once) and reconnects with capped exponential
+//! backoff, without a restart of the service. Every publish sets `mandatory` and awaits its own
+//! confirm within a deadline: `Ok` means the broker has the message on every queue it routes
+//! to; anything else is an error the caller must report as "not accepted".
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Confirmation, Connection};
+use tokio::sync::{Notify, RwLock};
+use tokio_util::sync::CancellationToken;
+
+use crate::names::Names;
+use crate::topology::{self, TopologySettings};
+
+/// Why a message was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// No open channel: the broker is unreachable or the publisher is reconnecting.
+    #[error("not connected to RabbitMQ")]
+    NotConnected,
+    /// The broker did not confirm within the deadline.
+    #[error("RabbitMQ did not confirm within {0:?}")]
+    Timeout(Duration),
+    /// The broker refused the message (e.g. a queue is full or unavailable).
+    #[error("RabbitMQ refused the message (nack)")]
+    Nacked,
+    /// No queue is bound for the routing key: the topology is missing.
+    #[error("RabbitMQ could not route the message: {0}")]
+    Unroutable(String),
+    /// The channel failed during the publish.
+    #[error("publishing failed: {0}")]
+    Amqp(#[from] lapin::Error),
+}
+
+/// Publisher knobs.
+#[derive(Debug, Clone)]
+pub struct PublisherSettings {
+    /// `AMQP_URL`.
+    pub url: String,
+    /// Shown in the broker's connection list.
+    pub connection_name: String,
+    /// How long a publish waits for its confirm before it is reported as failed.
+    pub confirm_timeout: Duration,
+    /// First reconnect delay; doubles up to [`PublisherSettings::max_reconnect_delay`].
+    pub min_reconnect_delay: Duration,
+    /// Longest reconnect delay.
+    pub max_reconnect_delay: Duration,
+    /// Topology declared on every (re)connect.
+    pub topology: TopologySettings,
+}
+
+impl PublisherSettings {
+    /// Defaults for `url`: 5 s confirm deadline, reconnect every 100 ms → 5 s.
+    pub fn new(url: impl Into<String>, connection_name: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            connection_name: connection_name.into(),
+            confirm_timeout: Duration::from_secs(5),
+            min_reconnect_delay: Duration::from_millis(100),
+            max_reconnect_delay: Duration::from_secs(5),
+            topology: TopologySettings::default(),
+        }
+    }
+}
+
+/// One message to publish.
+#[derive(Debug, Clone)]
+pub struct OutgoingMessage<'a> {
+    /// Target exchange.
+    pub exchange: &'a str,
+    /// Routing key.
+    pub routing_key: &'a str,
+    /// JSON body.
+    pub body: &'a [u8],
+    /// `message_id` (the event_id).
+    pub message_id: &'a str,
+    /// AMQP headers (`traceparent`, and for dead letters the error headers).
+    pub headers: FieldTable,
+}
+
+impl OutgoingMessage<'_> {
+    /// Properties of every leadpipe message: persistent JSON with its id and a timestamp.
+    fn properties(&self) -> BasicProperties {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or_default();
+        BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type("application/json".into())
+            .with_message_id(self.message_id.into())
+            .with_timestamp(now)
+            .with_headers(self.headers.clone())
+    }
+}
+
+/// Builds a header table from string pairs.
+pub fn string_headers<'a>(pairs: impl IntoIterator<Item = (&'a str, String)>) -> FieldTable {
+    let mut t = FieldTable::default();
+    for (k, v) in pairs {
+        t.insert(k.into(), AMQPValue::LongString(v.into()));
+    }
+    t
+}
+
+/// A cheaply cloneable handle to the publishing channel and its supervisor.
+#[derive(Clone)]
+pub struct Publisher {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    settings: PublisherSettings,
+    names: Names,
+    channel: RwLock<Option<Channel>>,
+    ready: AtomicBool,
+    /// Woken when a publish finds the channel broken, so the supervisor reconnects at once.
+    broken: Notify,
+    /// Woken whenever readiness changes (tests and start-up wait on it).
+    changed: Notify,
+    connects: AtomicU64,
+}
+
+impl Publisher {
+    /// Starts the supervisor; it keeps connecting until `shutdown` is cancelled. Returns at once:
+    /// use [`Publisher::wait_ready`] to wait for the first connection.
+    pub fn start(settings: PublisherSettings, names: Names, shutdown: CancellationToken) -> Self {
+        let inner = Arc::new(Inner {
+            settings,
+            names,
+            channel: RwLock::new(None),
+            ready: AtomicBool::new(false),
+            broken: Notify::new(),
+            changed: Notify::new(),
+            connects: AtomicU64::new(0),
+        });
+        tokio::spawn(supervise(inner.clone(), shutdown));
+        Self { inner }
+    }
+
+    /// Whether a confirm-mode channel is open (`/readyz`).
+    pub fn is_ready(&self) -> bool {
+        self.inner.ready.load(Ordering::Acquire)
+    }
+
+    /// How many times the supervisor has connected (1 after start-up; more after recoveries).
+    pub fn connections_made(&self) -> u64 {
+        self.inner.connects.load(Ordering::Acquire)
+    }
+
+    /// Waits until ready or `timeout` passes; returns readiness.
+    pub async fn wait_ready(&self, timeout: Duration) -> bool {
+        let wait = async {
+            loop {
+                let changed = self.inner.changed.notified();
+                if self.is_ready() {
+                    return;
+                }
+                changed.await;
+            }
+        };
+        tokio::time::timeout(timeout, wait).await.is_ok()
+    }
+
+    /// The namespace's names.
+    pub fn names(&self) -> &Names {
+        &self.inner.names
+    }
+
+    /// Publishes `msg` with `mandatory` and waits for the broker's confirm.
+    pub async fn publish(&self, msg: &OutgoingMessage<'_>) -> Result<(), PublishError> {
+        let channel = self
+            .inner
+            .channel
+            .read()
+            .await
+            .clone()
+            .ok_or(PublishError::NotConnected)?;
+        let deadline = self.inner.settings.confirm_timeout;
+        let result = tokio::time::timeout(deadline, async {
+            let confirm = channel
+                .basic_publish(
+                    msg.exchange.into(),
+                    msg.routing_key.into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..BasicPublishOptions::default()
+                    },
+                    msg.body,
+                    msg.properties(),
+                )
+                .await?
+                .await?;
+            Ok::<_, PublishError>(confirm)
+        })
+        .await;
+        match result {
+            Ok(Ok(Confirmation::Ack(None))) => Ok(()),
+            Ok(Ok(Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned)))) => {
+                Err(PublishError::Unroutable(format!(
+                    "{} {}",
+                    returned.reply_code, returned.reply_text
+                )))
+            }
+            Ok(Ok(Confirmation::Nack(None))) => Err(PublishError::Nacked),
+            Ok(Ok(Confirmation::NotRequested)) => {
+                // Only a channel without confirm mode answers this; never ours, but never a 202.
+                self.inner.broken.notify_one();
+                Err(PublishError::NotConnected)
+            }
+            Ok(Err(e)) => {
+                self.inner.broken.notify_one();
+                Err(e)
+            }
+            Err(_) => Err(PublishError::Timeout(deadline)),
+        }
+    }
+}
+
+async fn supervise(inner: Arc<Inner>, shutdown: CancellationToken) {
+    let mut delay = inner.settings.min_reconnect_delay;
+    loop {
+        match open(&inner).await {
+            Ok((conn, channel)) => {
+                delay = inner.settings.min_reconnect_delay;
+                let mut events = conn.events_listener();
+                *inner.channel.write().await = Some(channel.clone());
+                inner.ready.store(true, Ordering::Release);
+                inner.connects.fetch_add(1, Ordering::AcqRel);
+                inner.changed.notify_waiters();
+                tracing::info!(namespace = inner.names.namespace(), "publisher connected");
+                let stop = loop {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break true,
+                        _ = inner.broken.notified() => {
+                            if !channel.status().connected() || !conn.status().connected() {
+                                break false;
+                            }
+                        }
+                        ev = events.next() => match ev {
+                            Some(lapin::Event::Error(e)) => {
+                                tracing::warn!(error = %e, "broker connection lost");
+                                break false;
+                            }
+                            None => break false,
+                            Some(_) => {}
+                        },
+                    }
+                };
+                inner.ready.store(false, Ordering::Release);
+                *inner.channel.write().await = None;
+                inner.changed.notify_waiters();
+                if stop {
+                    // Let in-flight confirms land, then close politely.
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(5), channel.wait_for_confirms())
+                            .await;
+                    let _ = conn.close(200, "shutdown".into()).await;
+                    return;
+                }
+                let _ = conn.close(320, "reconnecting".into()).await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "cannot reach RabbitMQ");
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(inner.settings.max_reconnect_delay);
+    }
+}
+
+async fn open(inner: &Inner) -> crate::Result<(Connection, Channel)> {
+    let conn = crate::connect(&inner.settings.url, &inner.settings.connection_name).await?;
+    let setup = conn.create_channel().await?;
+    topology::declare(&setup, &inner.names, inner.settings.topology).await?;
+    let _ = setup.close(200, "topology declared".into()).await;
+    let channel = conn.create_channel().await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    Ok((conn, channel))
+}

@@ -1,0 +1,229 @@
+//! The sources file (`LEADPIPE_SOURCES`, SPEC §3): who may post events, with which HMAC secret,
+//! which phone region completes national numbers, and how fast.
+//!
+//! ```toml
+//! [[sources]]
+//! id = "site-widget"
+//! secret_env = "SITE_WIDGET_SECRET"   # the variable that holds the HMAC secret
+//! default_region = "US"               # phone parsing default
+//! rate_limit_per_second = 500         # optional
+//! ```
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use secrecy::SecretString;
+use serde::Deserialize;
+
+use crate::error::{ConfigError, Result};
+
+/// Default `LEADPIPE_SOURCES`.
+pub const DEFAULT_SOURCES_PATH: &str = "config/sources.toml";
+
+/// A source's rate limit when the file sets none, in events per second.
+pub const DEFAULT_RATE_LIMIT_PER_SECOND: u32 = 1000;
+
+/// One authenticated source, with its secret resolved.
+#[derive(Debug, Clone)]
+pub struct Source {
+    /// The id sent in `X-Leadpipe-Source` and in the event's `source`.
+    pub id: String,
+    /// The HMAC-SHA256 key.
+    pub secret: SecretString,
+    /// ISO 3166-1 alpha-2 region used to parse national phone numbers.
+    pub default_region: Option<String>,
+    /// Token-bucket rate, in events per second (the bucket holds one second's worth).
+    pub rate_limit_per_second: u32,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    sources: Vec<Entry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Entry {
+    id: String,
+    secret_env: String,
+    #[serde(default)]
+    default_region: Option<String>,
+    #[serde(default)]
+    rate_limit_per_second: Option<u32>,
+}
+
+/// Reads and checks the sources file at `path`, looking secrets up with `secret_of`
+/// (`std::env::var` in services; a map in tests).
+pub fn load(path: &Path, secret_of: impl Fn(&str) -> Option<String>) -> Result<Vec<Source>> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+        path: path.display().to_string(),
+        variable: "LEADPIPE_SOURCES",
+        reason: format!("cannot read: {e}"),
+    })?;
+    parse(&text, secret_of).map_err(|e| match e {
+        ConfigError::File { reason, .. } => ConfigError::File {
+            path: path.display().to_string(),
+            variable: "LEADPIPE_SOURCES",
+            reason,
+        },
+        other => other,
+    })
+}
+
+/// Parses and checks the text of a sources file.
+pub fn parse(text: &str, secret_of: impl Fn(&str) -> Option<String>) -> Result<Vec<Source>> {
+    let file: File = toml::from_str(text).map_err(|e| ConfigError::File {
+        path: "<sources>".into(),
+        variable: "LEADPIPE_SOURCES",
+        reason: e.to_string(),
+    })?;
+    if file.sources.is_empty() {
+        return Err(ConfigError::invalid(
+            "sources",
+            "the file declares no [[sources]]; ingest would refuse every request",
+        ));
+    }
+    let mut seen = HashSet::new();
+    let mut out = Vec::with_capacity(file.sources.len());
+    for (i, e) in file.sources.into_iter().enumerate() {
+        let key = |field: &str| format!("sources[{i}].{field}");
+        let id = e.id.trim().to_owned();
+        if id.is_empty()
+            || id.len() > 128
+            || !id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(ConfigError::invalid(
+                key("id"),
+                "must be 1-128 characters of letters, digits, '-' or '_' (it becomes part of a routing key)",
+            ));
+        }
+        if !seen.insert(id.clone()) {
+            return Err(ConfigError::invalid(
+                key("id"),
+                format!("{id:?} is declared twice"),
+            ));
+        }
+        let secret = secret_of(e.secret_env.trim())
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| ConfigError::Missing {
+                key: e.secret_env.trim().to_owned(),
+                hint: format!(
+                    "it holds the HMAC secret of source {id:?} ({})",
+                    key("secret_env")
+                ),
+            })?;
+        let default_region = match e.default_region.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(r) if r.len() == 2 => Some(
+                leadpipe_events::identifiers::normalize_country(r).ok_or_else(|| {
+                    ConfigError::invalid(key("default_region"), "is not an ISO 3166-1 alpha-2 code")
+                })?,
+            ),
+            Some(_) => {
+                return Err(ConfigError::invalid(
+                    key("default_region"),
+                    "must be an ISO 3166-1 alpha-2 code such as US",
+                ));
+            }
+        };
+        let rate = e
+            .rate_limit_per_second
+            .unwrap_or(DEFAULT_RATE_LIMIT_PER_SECOND);
+        if rate == 0 {
+            return Err(ConfigError::invalid(
+                key("rate_limit_per_second"),
+                "must be at least 1",
+            ));
+        }
+        out.push(Source {
+            id,
+            secret: SecretString::from(secret),
+            default_region,
+            rate_limit_per_second: rate,
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use secrecy::ExposeSecret;
+
+    use super::*;
+
+    fn env(name: &str) -> Option<String> {
+        (name == "SITE_WIDGET_SECRET").then(|| "s3cret".to_owned())
+    }
+
+    #[test]
+    fn a_source_is_read_with_its_secret_region_and_rate() {
+        let s = parse(
+            r#"[[sources]]
+id = "site-widget"
+secret_env = "SITE_WIDGET_SECRET"
+default_region = "us"
+rate_limit_per_second = 500
+"#,
+            env,
+        )
+        .unwrap();
+        assert_eq!(s[0].id, "site-widget");
+        assert_eq!(s[0].secret.expose_secret(), "s3cret");
+        assert_eq!(s[0].default_region.as_deref(), Some("US"));
+        assert_eq!(s[0].rate_limit_per_second, 500);
+    }
+
+    #[test]
+    fn a_missing_secret_variable_is_named() {
+        let err = parse(
+            "[[sources]]\nid = \"bot\"\nsecret_env = \"BOT_SECRET\"\n",
+            env,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("BOT_SECRET is not set"), "{err}");
+        assert!(err.contains("\"bot\""), "{err}");
+    }
+
+    #[test]
+    fn bad_entries_name_the_key() {
+        for (text, key) in [
+            (
+                "[[sources]]\nid = \"a b\"\nsecret_env = \"SITE_WIDGET_SECRET\"\n",
+                "sources[0].id",
+            ),
+            (
+                "[[sources]]\nid = \"a\"\nsecret_env = \"SITE_WIDGET_SECRET\"\ndefault_region = \"Atlantis\"\n",
+                "sources[0].default_region",
+            ),
+            (
+                "[[sources]]\nid = \"a\"\nsecret_env = \"SITE_WIDGET_SECRET\"\nrate_limit_per_second = 0\n",
+                "sources[0].rate_limit_per_second",
+            ),
+            (
+                "[[sources]]\nid = \"a\"\nsecret_env = \"SITE_WIDGET_SECRET\"\n[[sources]]\nid = \"a\"\nsecret_env = \"SITE_WIDGET_SECRET\"\n",
+                "sources[1].id",
+            ),
+            ("", "sources"),
+        ] {
+            let err = parse(text, env).unwrap_err().to_string();
+            assert!(err.starts_with(key), "{err} should name {key}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_their_line() {
+        let err = parse(
+            "[[sources]]\nid = \"a\"\nsecret_env = \"SITE_WIDGET_SECRET\"\nregion = \"US\"\n",
+            env,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("unknown field `region`"), "{err}");
+        assert!(err.contains("line 4"), "{err}");
+    }
+}
