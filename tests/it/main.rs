@@ -1,1 +1,7 @@
-fn main() {}
+//! End-to-end tests against the real RabbitMQ and PostgreSQL. One module per area; each test
+//! uses its own namespace and database, so they run in parallel.
+
+mod database;
+mod ingest;
+mod ingest_binary;
+mod topology;

@@ -65,9 +65,9 @@ pub const DELAY_TIERS: [Duration; 6] = [
 /// Short label of a delay tier, used in queue names and routing keys (`10s`, `1h`).
 pub fn tier_label(tier: Duration) -> String {
     let s = tier.as_secs();
-    if s % 3600 == 0 {
+    if s.is_multiple_of(3600) {
         format!("{}h", s / 3600)
-    } else if s % 60 == 0 {
+    } else if s.is_multiple_of(60) {
         format!("{}m", s / 60)
     } else {
         format!("{s}s")

@@ -1,0 +1,133 @@
+//! The real `ingest` binary: start-up errors, the quick start's sample lead, and SIGTERM.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use leadpipe_bus::Names;
+use leadpipe_tests::{Broker, bin_path, eventually, unique_namespace};
+
+fn repo_file(path: &str) -> String {
+    format!("{}/../{path}", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn a_missing_secret_variable_stops_ingest_at_start_up_naming_it() {
+    // Act
+    let out = tokio::process::Command::new(bin_path("ingest"))
+        .env("LEADPIPE_SOURCES", repo_file("config/sources.toml"))
+        .env_remove("SITE_WIDGET_SECRET")
+        .env("INGEST_ADDR", format!("127.0.0.1:{}", free_port()))
+        .output()
+        .await
+        .unwrap();
+
+    // Assert
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("SITE_WIDGET_SECRET is not set"), "{stderr}");
+}
+
+#[tokio::test]
+async fn a_bad_variable_is_named_at_start_up() {
+    for (var, value) in [
+        ("INGEST_ADDR", "not-an-address"),
+        ("LEADPIPE_NAMESPACE", "has space"),
+        ("LEADPIPE_CONFIG", "/nonexistent/leadpipe.toml"),
+        ("INGEST_MAX_BODY_BYTES", "lots"),
+    ] {
+        let out = tokio::process::Command::new(bin_path("ingest"))
+            .env("LEADPIPE_SOURCES", repo_file("config/sources.toml"))
+            .env("SITE_WIDGET_SECRET", "x")
+            .env("INGEST_ADDR", format!("127.0.0.1:{}", free_port()))
+            .env(var, value)
+            .output()
+            .await
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{var}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(var), "{var}: {stderr}");
+    }
+}
+
+#[tokio::test]
+async fn the_sample_lead_is_accepted_by_the_real_binary_which_exits_cleanly_on_sigterm() {
+    // Arrange
+    let namespace = unique_namespace("b");
+    let port = free_port();
+    let mut child = tokio::process::Command::new(bin_path("ingest"))
+        .env("LEADPIPE_SOURCES", repo_file("config/sources.toml"))
+        .env("LEADPIPE_CONFIG", repo_file("config/leadpipe.toml"))
+        .env("SITE_WIDGET_SECRET", "dev-secret")
+        .env("LEADPIPE_NAMESPACE", &namespace)
+        .env("INGEST_ADDR", format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", "debug")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let http = reqwest::Client::new();
+    let ready = eventually(Duration::from_secs(20), || async {
+        http.get(format!("http://127.0.0.1:{port}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    assert!(ready, "ingest never became ready");
+
+    // Act: the quick start's command.
+    let send = tokio::process::Command::new(bin_path("leadpipe"))
+        .args([
+            "send",
+            &repo_file("examples/lead.json"),
+            "--source",
+            "site-widget",
+        ])
+        .arg("--url")
+        .arg(format!("http://127.0.0.1:{port}"))
+        .env("LEADPIPE_SOURCES", repo_file("config/sources.toml"))
+        .env("SITE_WIDGET_SECRET", "dev-secret")
+        .output()
+        .await
+        .unwrap();
+
+    // Assert
+    let stderr = String::from_utf8_lossy(&send.stderr);
+    assert!(send.status.success(), "{stderr}");
+    assert!(stderr.contains("1 accepted, 0 failed"), "{stderr}");
+    let broker = Broker::connect(Names::new(namespace)).await;
+    for q in broker.work_queues() {
+        let m = &broker.take(&q, 1, Duration::from_secs(20)).await[0];
+        assert_eq!(m.body["event"]["contact"]["country"], "US");
+    }
+
+    // Act: SIGTERM.
+    let pid = child.id().unwrap().to_string();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("ingest exits within 30 s of SIGTERM")
+        .unwrap();
+
+    // Assert: a clean exit, and logs without PII.
+    assert!(status.success());
+    let out = child.wait_with_output().await.unwrap();
+    let logs = String::from_utf8_lossy(&out.stdout);
+    assert!(logs.contains("\"event accepted\""), "{logs}");
+    for pii in ["jane", "Jane", "555", "203.0.113.7"] {
+        assert!(!logs.contains(pii), "PII {pii:?} in logs: {logs}");
+    }
+    broker.delete().await;
+}

@@ -1,0 +1,179 @@
+//! The bus topology (SPEC §4) on the real broker.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use lapin::BasicProperties;
+use lapin::options::{BasicConsumeOptions, BasicNackOptions, BasicPublishOptions};
+use lapin::types::FieldTable;
+
+use leadpipe_bus::topology::{self, TopologySettings};
+use leadpipe_bus::{Destination, Names};
+use leadpipe_tests::{Broker, unique_namespace};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+async fn declared() -> Broker {
+    let broker = Broker::connect(Names::new(unique_namespace("t"))).await;
+    topology::declare(&broker.channel, &broker.names, TopologySettings::default())
+        .await
+        .unwrap();
+    broker
+}
+
+async fn publish(broker: &Broker, exchange: &str, key: &str, id: &str) {
+    broker
+        .channel
+        .basic_publish(
+            exchange.into(),
+            key.into(),
+            BasicPublishOptions::default(),
+            br#"{"k":1}"#,
+            BasicProperties::default().with_message_id(id.into()),
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn declaring_twice_is_harmless_and_keeps_messages() {
+    // Arrange
+    let broker = declared().await;
+    publish(&broker, &broker.names.events_exchange(), "lead.site", "m1").await;
+
+    // Act
+    topology::declare(&broker.channel, &broker.names, TopologySettings::default())
+        .await
+        .unwrap();
+
+    // Assert
+    for q in broker.work_queues() {
+        assert_eq!(
+            broker.take(&q, 1, WAIT).await[0].message_id().as_deref(),
+            Some("m1")
+        );
+    }
+    broker.delete().await;
+}
+
+#[tokio::test]
+async fn every_event_name_including_custom_ones_reaches_every_work_queue() {
+    let broker = declared().await;
+    for (i, key) in ["lead.a", "won.b", "refund.c", "demo_booked.d"]
+        .iter()
+        .enumerate()
+    {
+        publish(
+            &broker,
+            &broker.names.events_exchange(),
+            key,
+            &format!("m{i}"),
+        )
+        .await;
+    }
+    for q in broker.work_queues() {
+        assert_eq!(broker.take(&q, 4, WAIT).await.len(), 4, "{q}");
+    }
+    broker.delete().await;
+}
+
+#[tokio::test]
+async fn a_message_rejected_by_a_sender_is_dead_lettered_to_its_destinations_dlq() {
+    // Arrange
+    let broker = declared().await;
+    publish(&broker, &broker.names.events_exchange(), "lead.a", "poison").await;
+    let meta = broker.names.work_queue(Destination::Meta);
+    let mut consumer = broker
+        .channel
+        .basic_consume(
+            meta.as_str().into(),
+            "t".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+
+    // Act
+    let delivery = tokio::time::timeout(WAIT, consumer.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    delivery
+        .nack(BasicNackOptions {
+            requeue: false,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
+    // Assert: only the meta DLQ holds it.
+    let dlq = broker.names.dead_letter_queue(Destination::Meta);
+    assert_eq!(
+        broker.take(&dlq, 1, WAIT).await[0].message_id().as_deref(),
+        Some("poison")
+    );
+    assert_eq!(
+        broker
+            .depth(&broker.names.dead_letter_queue(Destination::Ga4))
+            .await,
+        0
+    );
+    broker.delete().await;
+}
+
+#[tokio::test]
+async fn a_retry_waits_in_its_delay_tier_then_returns_to_its_own_work_queue_only() {
+    // Arrange
+    let broker = declared().await;
+    let key = Names::delay_routing_key(Duration::from_secs(1), Destination::Crm);
+
+    // Act
+    publish(&broker, &broker.names.delay_exchange(), &key, "retry-1").await;
+
+    // Assert
+    let crm = broker.names.work_queue(Destination::Crm);
+    assert_eq!(
+        broker.take(&crm, 1, WAIT).await[0].message_id().as_deref(),
+        Some("retry-1")
+    );
+    assert_eq!(
+        broker
+            .depth(&broker.names.work_queue(Destination::Meta))
+            .await,
+        0
+    );
+    broker.delete().await;
+}
+
+#[tokio::test]
+async fn a_queue_that_exists_with_other_arguments_is_reported_by_name() {
+    // Arrange: a classic queue squats the name of the meta work queue.
+    let names = Names::new(unique_namespace("t"));
+    let broker = Broker::connect(names.clone()).await;
+    broker
+        .channel
+        .queue_declare(
+            names.work_queue(Destination::Meta).as_str().into(),
+            lapin::options::QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+
+    // Act
+    let err = topology::declare(&broker.channel, &names, TopologySettings::default())
+        .await
+        .unwrap_err()
+        .to_string();
+
+    // Assert
+    assert!(err.contains(&names.work_queue(Destination::Meta)), "{err}");
+    assert!(err.contains("LEADPIPE_NAMESPACE"), "{err}");
+    let cleanup = Broker::connect(names).await;
+    cleanup.delete().await;
+}
