@@ -20,6 +20,8 @@ use std::time::{Duration, Instant};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueuePurgeOptions};
 use lapin::{BasicProperties, Channel};
 use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 use leadpipe_bus::Names;
 use leadpipe_bus::topology::{self, TopologySettings};
@@ -132,40 +134,109 @@ struct Load {
     errors: usize,
 }
 
-async fn post(client: &reqwest::Client, url: &str, body: &[u8]) -> bool {
-    let ts = chrono::Utc::now().timestamp();
-    let sig = leadpipe_ingest::auth::sign(SECRET.as_bytes(), ts, body);
-    client
-        .post(url)
-        .header("content-type", "application/json")
-        .header("x-leadpipe-source", "bench")
-        .header("x-leadpipe-timestamp", ts.to_string())
-        .header("x-leadpipe-signature", sig)
-        .body(body.to_vec())
-        .send()
-        .await
-        .is_ok_and(|r| r.status() == 202)
+/// A minimal keep-alive HTTP/1.1 client: the load generator shares the machine with ingest
+/// and the broker, so it must cost as little CPU as possible (reqwest costs about as much as
+/// the server side).
+struct RawClient {
+    addr: std::net::SocketAddr,
+    conn: Option<TcpStream>,
+    buf: Vec<u8>,
+}
+
+impl RawClient {
+    fn new(addr: std::net::SocketAddr) -> Self {
+        Self {
+            addr,
+            conn: None,
+            buf: Vec::with_capacity(4096),
+        }
+    }
+
+    /// Posts a signed event; true on `202`.
+    async fn post(&mut self, body: &[u8]) -> bool {
+        let ts = chrono::Utc::now().timestamp();
+        let sig = leadpipe_ingest::auth::sign(SECRET.as_bytes(), ts, body);
+        let mut req = format!(
+            "POST /v1/events HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\n\
+             x-leadpipe-source: bench\r\nx-leadpipe-timestamp: {ts}\r\n\
+             x-leadpipe-signature: {sig}\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        req.extend_from_slice(body);
+        for _ in 0..2 {
+            if self.conn.is_none() {
+                match TcpStream::connect(self.addr).await {
+                    Ok(c) => {
+                        let _ = c.set_nodelay(true);
+                        self.conn = Some(c);
+                    }
+                    Err(_) => return false,
+                }
+            }
+            match self.round_trip(&req).await {
+                Some(status) => return status == 202,
+                None => self.conn = None,
+            }
+        }
+        false
+    }
+
+    async fn round_trip(&mut self, req: &[u8]) -> Option<u16> {
+        let conn = self.conn.as_mut()?;
+        conn.write_all(req).await.ok()?;
+        self.buf.clear();
+        loop {
+            if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = std::str::from_utf8(&self.buf[..end]).ok()?;
+                let status: u16 = head.get(9..12)?.parse().ok()?;
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case("content-length")
+                            .then(|| v.trim().parse().ok())?
+                    })
+                    .unwrap_or(0);
+                while self.buf.len() < end + 4 + len {
+                    let mut chunk = [0u8; 4096];
+                    let n = conn.read(&mut chunk).await.ok()?;
+                    if n == 0 {
+                        return None;
+                    }
+                    self.buf.extend_from_slice(&chunk[..n]);
+                }
+                return Some(status);
+            }
+            let mut chunk = [0u8; 4096];
+            let n = conn.read(&mut chunk).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
 }
 
 /// Closed loop: `workers` clients posting back to back.
-async fn closed_loop(url: &str, bodies: &Arc<Vec<Vec<u8>>>, workers: usize) -> Load {
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(workers)
-        .build()
-        .unwrap();
+async fn closed_loop(
+    addr: std::net::SocketAddr,
+    bodies: &Arc<Vec<Vec<u8>>>,
+    workers: usize,
+) -> Load {
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..workers {
-        let (client, url, bodies, next) =
-            (client.clone(), url.to_owned(), bodies.clone(), next.clone());
+        let (bodies, next) = (bodies.clone(), next.clone());
         tasks.push(tokio::spawn(async move {
+            let mut client = RawClient::new(addr);
             let mut lat = Vec::new();
             let mut errors = 0;
             while started.elapsed() < RUN {
                 let i = next.fetch_add(1, Ordering::Relaxed) % bodies.len();
                 let t = Instant::now();
-                let ok = post(&client, &url, &bodies[i]).await;
+                let ok = client.post(&bodies[i]).await;
                 if started.elapsed() > WARMUP {
                     if ok {
                         lat.push(t.elapsed());
@@ -193,12 +264,10 @@ async fn closed_loop(url: &str, bodies: &Arc<Vec<Vec<u8>>>, workers: usize) -> L
     }
 }
 
-/// Open loop: one request every `1/rate` seconds, whatever the latency.
-async fn open_loop(url: &str, bodies: &Arc<Vec<Vec<u8>>>, rate: f64) -> Load {
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(256)
-        .build()
-        .unwrap();
+/// Open loop: one request every `1/rate` seconds, whatever the latency (a new connection is
+/// opened whenever every idle one is busy).
+async fn open_loop(addr: std::net::SocketAddr, bodies: &Arc<Vec<Vec<u8>>>, rate: f64) -> Load {
+    let idle = Arc::new(std::sync::Mutex::new(Vec::<RawClient>::new()));
     let interval = Duration::from_secs_f64(1.0 / rate);
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
@@ -207,13 +276,20 @@ async fn open_loop(url: &str, bodies: &Arc<Vec<Vec<u8>>>, rate: f64) -> Load {
     let mut i = 0usize;
     while started.elapsed() < RUN {
         ticker.tick().await;
-        let (client, url, bodies) = (client.clone(), url.to_owned(), bodies.clone());
+        let (bodies, idle) = (bodies.clone(), idle.clone());
         let measured = started.elapsed() > WARMUP;
         i += 1;
         tasks.push(tokio::spawn(async move {
+            let mut client = idle
+                .lock()
+                .unwrap()
+                .pop()
+                .unwrap_or_else(|| RawClient::new(addr));
             let t = Instant::now();
-            let ok = post(&client, &url, &bodies[i % bodies.len()]).await;
-            (measured, ok, t.elapsed())
+            let ok = client.post(&bodies[i % bodies.len()]).await;
+            let d = t.elapsed();
+            idle.lock().unwrap().push(client);
+            (measured, ok, d)
         }));
     }
     let mut lat = Vec::new();
@@ -336,7 +412,7 @@ async fn main() {
     })
     .await;
     assert!(ready, "ingest did not become ready");
-    let url = format!("http://127.0.0.1:{port}/v1/events");
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
 
     println!("\ningest, closed loop (signed POST /v1/events, 202 after confirm):");
     println!(
@@ -345,7 +421,7 @@ async fn main() {
     );
     let mut peak = 0.0f64;
     for workers in LEVELS {
-        let l = closed_loop(&url, &bodies, workers).await;
+        let l = closed_loop(addr, &bodies, workers).await;
         purge(&broker.channel, &names).await;
         peak = peak.max(l.rate);
         println!(
@@ -357,7 +433,7 @@ async fn main() {
             l.errors
         );
     }
-    let half = open_loop(&url, &bodies, peak / 2.0).await;
+    let half = open_loop(addr, &bodies, peak / 2.0).await;
     purge(&broker.channel, &names).await;
     let rss = peak_rss_mib(pid);
     let _ = child.kill().await;

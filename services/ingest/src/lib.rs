@@ -78,8 +78,15 @@ impl Application {
     /// Serves until `shutdown` is cancelled, then finishes the requests in progress (each one
     /// waits for its confirm, so nothing accepted is cut off).
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        use axum::serve::ListenerExt;
         tracing::info!(addr = %self.local_addr(), "ingest listening");
-        axum::serve(self.listener, router(self.state))
+        // No Nagle delay on responses: a 202 is a few dozen bytes and waits on nothing else.
+        let listener = self.listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::warn!(error = %e, "cannot set TCP_NODELAY");
+            }
+        });
+        axum::serve(listener, router(self.state))
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
             .await
             .context("the HTTP server failed")

@@ -1,8 +1,9 @@
 //! The HTTP API (SPEC §3).
 //!
 //! Each `/v1` request goes through the same steps, in this order, so that the cheapest
-//! refusal comes first: media type (415) → body size (413) → signature (401) → JSON (400) →
-//! rate limit (429) → validation (422) → publish and confirm (503 or 202).
+//! refusal comes first: media type (415) → body size (413) → signature (401) → rate limit
+//! (429) → JSON (400) → validation (422) → publish and confirm (503 or 202). A batch is parsed
+//! before its rate check, which counts its events.
 
 use std::num::NonZeroU32;
 use std::time::Instant;
@@ -20,7 +21,9 @@ use leadpipe_bus::headers::TRACEPARENT;
 use leadpipe_bus::publisher::string_headers;
 use leadpipe_bus::{Names, OutgoingMessage};
 use leadpipe_config::sources::Source;
-use leadpipe_events::{Envelope, FieldError, SCHEMA_VERSION, ValidationContext, codes};
+use leadpipe_events::{
+    BodyError, Envelope, FieldError, SCHEMA_VERSION, ValidatedEvent, ValidationContext, codes,
+};
 use leadpipe_telemetry::traceparent::TraceParent;
 
 use crate::auth;
@@ -111,12 +114,12 @@ fn finish(
     response
 }
 
-/// Steps shared by both endpoints, up to the parsed JSON.
+/// Steps shared by both endpoints, up to the authenticated raw body.
 async fn authenticate<'a>(
     app: &'a AppState,
     headers: &HeaderMap,
     body: Body,
-) -> Result<(&'a Source, Value), ApiError> {
+) -> Result<(&'a Source, Bytes), ApiError> {
     let json_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -128,9 +131,7 @@ async fn authenticate<'a>(
     }
     let bytes = read_limited(body, app.max_body_bytes).await?;
     let source = auth::verify(&app.sources, headers, &bytes, Utc::now().timestamp())?;
-    let value: Value =
-        serde_json::from_slice(&bytes).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
-    Ok((source, value))
+    Ok((source, bytes))
 }
 
 async fn read_limited(body: Body, limit: usize) -> Result<Bytes, ApiError> {
@@ -177,21 +178,25 @@ struct Accepted {
     body: Vec<u8>,
 }
 
-fn validate(app: &AppState, source: &Source, value: &Value) -> Result<Accepted, Vec<FieldError>> {
-    let ctx = ValidationContext {
+fn context<'a>(app: &'a AppState, source: &'a Source) -> ValidationContext<'a> {
+    ValidationContext {
         source_id: &source.id,
         default_region: source.default_region.as_deref(),
         custom_events: &app.custom_events,
         now: Utc::now(),
-    };
-    let valid = leadpipe_events::validate_event(value, &ctx).inspect_err(|errors| {
-        for e in errors {
-            app.metrics
-                .rejected
-                .with_label_values(&[source.id.as_str(), e.code])
-                .inc();
-        }
-    })?;
+    }
+}
+
+fn count_rejections(app: &AppState, source: &Source, errors: &[FieldError]) {
+    for e in errors {
+        app.metrics
+            .rejected
+            .with_label_values(&[source.id.as_str(), e.code])
+            .inc();
+    }
+}
+
+fn envelope(valid: ValidatedEvent) -> Accepted {
     let event_name = valid.event.name().to_owned();
     let envelope = Envelope {
         schema_version: SCHEMA_VERSION,
@@ -200,11 +205,17 @@ fn validate(app: &AppState, source: &Source, value: &Value) -> Result<Accepted, 
         event: valid.event,
     };
     let body = serde_json::to_vec(&envelope).expect("an envelope always serializes");
-    Ok(Accepted {
+    Accepted {
         event_id: valid.event_id,
         event_name,
         body,
-    })
+    }
+}
+
+fn validate(app: &AppState, source: &Source, value: &Value) -> Result<Accepted, Vec<FieldError>> {
+    leadpipe_events::validate_event(value, &context(app, source))
+        .inspect_err(|errors| count_rejections(app, source, errors))
+        .map(envelope)
 }
 
 async fn publish(
@@ -249,9 +260,16 @@ fn trace_of(headers: &HeaderMap) -> TraceParent {
 }
 
 async fn accept_one(app: &AppState, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
-    let (source, value) = authenticate(app, headers, body).await?;
+    let (source, bytes) = authenticate(app, headers, body).await?;
     rate_limit(app, source, 1)?;
-    let event = validate(app, source, &value).map_err(ApiError::Validation)?;
+    let event = match leadpipe_events::validate_body(&bytes, &context(app, source)) {
+        Ok(valid) => envelope(valid),
+        Err(BodyError::InvalidJson(e)) => return Err(ApiError::InvalidJson(e)),
+        Err(BodyError::Invalid(errors)) => {
+            count_rejections(app, source, &errors);
+            return Err(ApiError::Validation(errors));
+        }
+    };
     let trace = trace_of(headers);
     publish(app, source, &event, &trace)
         .await
@@ -271,7 +289,9 @@ async fn accept_batch(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let (source, value) = authenticate(app, headers, body).await?;
+    let (source, bytes) = authenticate(app, headers, body).await?;
+    let value: Value =
+        serde_json::from_slice(&bytes).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
     let Value::Array(items) = value else {
         return Err(ApiError::Validation(vec![FieldError::new(
             "",

@@ -1,14 +1,14 @@
 //! A confirmed publisher that survives the broker going away.
 //!
-//! A supervisor task owns the connection: it connects, declares the topology, opens one
-//! channel in confirm mode and hands it out; when the connection fails it drops the channel
+//! A supervisor task owns the connection: it connects, declares the topology, opens a few
+//! channels in confirm mode and spreads publishes over them; when the connection fails it drops the channel
 //! (so [`Publisher::is_ready`] turns false at once) and reconnects with capped exponential
 //! backoff, without a restart of the service. Every publish sets `mandatory` and awaits its own
 //! confirm within a deadline: `Ok` means the broker has the message on every queue it routes
 //! to; anything else is an error the caller must report as "not accepted".
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -56,6 +56,9 @@ pub struct PublisherSettings {
     pub max_reconnect_delay: Duration,
     /// Topology declared on every (re)connect.
     pub topology: TopologySettings,
+    /// Confirm-mode channels publishes are spread over. The broker runs each channel as one
+    /// process, so a few channels keep one busy channel from becoming the bottleneck.
+    pub channels: usize,
 }
 
 impl PublisherSettings {
@@ -68,6 +71,7 @@ impl PublisherSettings {
             min_reconnect_delay: Duration::from_millis(100),
             max_reconnect_delay: Duration::from_secs(5),
             topology: TopologySettings::default(),
+            channels: 4,
         }
     }
 }
@@ -121,7 +125,8 @@ pub struct Publisher {
 struct Inner {
     settings: PublisherSettings,
     names: Names,
-    channel: RwLock<Option<Channel>>,
+    channels: RwLock<Vec<Channel>>,
+    next: AtomicUsize,
     ready: AtomicBool,
     /// Woken when a publish finds the channel broken, so the supervisor reconnects at once.
     broken: Notify,
@@ -137,7 +142,8 @@ impl Publisher {
         let inner = Arc::new(Inner {
             settings,
             names,
-            channel: RwLock::new(None),
+            channels: RwLock::new(Vec::new()),
+            next: AtomicUsize::new(0),
             ready: AtomicBool::new(false),
             broken: Notify::new(),
             changed: Notify::new(),
@@ -178,13 +184,14 @@ impl Publisher {
 
     /// Publishes `msg` with `mandatory` and waits for the broker's confirm.
     pub async fn publish(&self, msg: &OutgoingMessage<'_>) -> Result<(), PublishError> {
-        let channel = self
-            .inner
-            .channel
-            .read()
-            .await
-            .clone()
-            .ok_or(PublishError::NotConnected)?;
+        let channel = {
+            let channels = self.inner.channels.read().await;
+            if channels.is_empty() {
+                return Err(PublishError::NotConnected);
+            }
+            let i = self.inner.next.fetch_add(1, Ordering::Relaxed) % channels.len();
+            channels[i].clone()
+        };
         let deadline = self.inner.settings.confirm_timeout;
         let result = tokio::time::timeout(deadline, async {
             let confirm = channel
@@ -230,10 +237,10 @@ async fn supervise(inner: Arc<Inner>, shutdown: CancellationToken) {
     let mut delay = inner.settings.min_reconnect_delay;
     loop {
         match open(&inner).await {
-            Ok((conn, channel)) => {
+            Ok((conn, channels)) => {
                 delay = inner.settings.min_reconnect_delay;
                 let mut events = conn.events_listener();
-                *inner.channel.write().await = Some(channel.clone());
+                *inner.channels.write().await = channels.clone();
                 inner.ready.store(true, Ordering::Release);
                 inner.connects.fetch_add(1, Ordering::AcqRel);
                 inner.changed.notify_waiters();
@@ -242,7 +249,9 @@ async fn supervise(inner: Arc<Inner>, shutdown: CancellationToken) {
                     tokio::select! {
                         _ = shutdown.cancelled() => break true,
                         _ = inner.broken.notified() => {
-                            if !channel.status().connected() || !conn.status().connected() {
+                            if !conn.status().connected()
+                                || channels.iter().any(|c| !c.status().connected())
+                            {
                                 break false;
                             }
                         }
@@ -257,13 +266,13 @@ async fn supervise(inner: Arc<Inner>, shutdown: CancellationToken) {
                     }
                 };
                 inner.ready.store(false, Ordering::Release);
-                *inner.channel.write().await = None;
+                inner.channels.write().await.clear();
                 inner.changed.notify_waiters();
                 if stop {
                     // Let in-flight confirms land, then close politely.
-                    let _ =
-                        tokio::time::timeout(Duration::from_secs(5), channel.wait_for_confirms())
-                            .await;
+                    let drain =
+                        futures::future::join_all(channels.iter().map(|c| c.wait_for_confirms()));
+                    let _ = tokio::time::timeout(Duration::from_secs(5), drain).await;
                     let _ = conn.close(200, "shutdown".into()).await;
                     return;
                 }
@@ -281,14 +290,18 @@ async fn supervise(inner: Arc<Inner>, shutdown: CancellationToken) {
     }
 }
 
-async fn open(inner: &Inner) -> crate::Result<(Connection, Channel)> {
+async fn open(inner: &Inner) -> crate::Result<(Connection, Vec<Channel>)> {
     let conn = crate::connect(&inner.settings.url, &inner.settings.connection_name).await?;
     let setup = conn.create_channel().await?;
     topology::declare(&setup, &inner.names, inner.settings.topology).await?;
     let _ = setup.close(200, "topology declared".into()).await;
-    let channel = conn.create_channel().await?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
-    Ok((conn, channel))
+    let mut channels = Vec::with_capacity(inner.settings.channels.max(1));
+    for _ in 0..inner.settings.channels.max(1) {
+        let channel = conn.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        channels.push(channel);
+    }
+    Ok((conn, channels))
 }

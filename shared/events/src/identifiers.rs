@@ -16,7 +16,13 @@ pub const MAX_EMAIL_CHARS: usize = 254;
 
 /// Trims leading and trailing Unicode whitespace (NBSP included) and applies NFC.
 pub fn clean(raw: &str) -> String {
-    raw.trim().nfc().collect()
+    let trimmed = raw.trim();
+    // ASCII is always in NFC; skip the normalizer for the common case.
+    if trimmed.is_ascii() {
+        trimmed.to_owned()
+    } else {
+        trimmed.nfc().collect()
+    }
 }
 
 /// Lower-cases and checks an email address: one `@`, a plausible local part and a domain of at

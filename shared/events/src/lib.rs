@@ -19,7 +19,7 @@ pub mod validate;
 pub use error::{FieldError, codes};
 pub use event_id::{derive_event_id, sha256_hex};
 pub use model::{Envelope, LeadEvent, SCHEMA_VERSION, json_schema};
-pub use validate::{ValidatedEvent, ValidationContext, validate_event};
+pub use validate::{BodyError, ValidatedEvent, ValidationContext, validate_body, validate_event};
 
 #[cfg(test)]
 mod tests;
