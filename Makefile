@@ -3,11 +3,11 @@ SHELL := /bin/bash
 CARGO ?= cargo
 RUN_DIR := .run
 
-# Local defaults for `make run`; any of them can be overridden from the environment.
-export SITE_WIDGET_SECRET ?= dev-secret
-export LEADPIPE_NAMESPACE ?= leadpipe
-export INGEST_ADDR ?= 127.0.0.1:8080
-export LOG_FORMAT ?= pretty
+# Local defaults for `make run` only; any of them can be overridden from the environment.
+run: export SITE_WIDGET_SECRET ?= dev-secret
+run: export LEADPIPE_NAMESPACE ?= leadpipe
+run: export INGEST_ADDR ?= 127.0.0.1:8080
+run: export LOG_FORMAT ?= pretty
 
 .PHONY: run test services build release lint fmt bench clean-namespaces help
 

@@ -69,6 +69,7 @@ async fn the_sample_lead_is_accepted_by_the_real_binary_which_exits_cleanly_on_s
         .env("LEADPIPE_NAMESPACE", &namespace)
         .env("INGEST_ADDR", format!("127.0.0.1:{port}"))
         .env("RUST_LOG", "debug")
+        .env("LOG_FORMAT", "json")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
