@@ -6,12 +6,14 @@
 //! - [`validate`]: one pass that collects every field error and normalizes the event.
 //! - [`identifiers`]: email, phone (E.164 via libphonenumber), country, gender, date, currency.
 //! - [`event_id`]: the derived id and the SHA-256 helper.
+//! - [`hashing`]: each destination's normalization and hashing of identifiers.
 //! - [`error`]: the field error type and its codes.
 
 #![forbid(unsafe_code)]
 
 pub mod error;
 pub mod event_id;
+pub mod hashing;
 pub mod identifiers;
 pub mod model;
 pub mod validate;
