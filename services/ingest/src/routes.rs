@@ -233,6 +233,7 @@ async fn publish(
         body: &event.body,
         message_id: &event.event_id,
         headers: string_headers([(TRACEPARENT, trace.child().to_string())]),
+        expiration_ms: None,
     };
     match app.publisher.publish(&msg).await {
         Ok(()) => {

@@ -89,6 +89,8 @@ pub struct OutgoingMessage<'a> {
     pub message_id: &'a str,
     /// AMQP headers (`traceparent`, and for dead letters the error headers).
     pub headers: FieldTable,
+    /// Per-message TTL in milliseconds (retries waiting in a delay queue).
+    pub expiration_ms: Option<u64>,
 }
 
 impl OutgoingMessage<'_> {
@@ -98,12 +100,16 @@ impl OutgoingMessage<'_> {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or_default();
-        BasicProperties::default()
+        let props = BasicProperties::default()
             .with_delivery_mode(2)
             .with_content_type("application/json".into())
             .with_message_id(self.message_id.into())
             .with_timestamp(now)
-            .with_headers(self.headers.clone())
+            .with_headers(self.headers.clone());
+        match self.expiration_ms {
+            Some(ms) => props.with_expiration(ms.to_string().into()),
+            None => props,
+        }
     }
 }
 

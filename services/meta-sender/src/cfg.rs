@@ -1,0 +1,216 @@
+//! meta-sender settings (SPEC §5) and its part of the mapping config.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use secrecy::SecretString;
+
+use leadpipe_bus::Destination;
+use leadpipe_config::mapping::{DEFAULT_MAPPING_PATH, MappingConfig};
+use leadpipe_config::{ConfigError, env};
+use leadpipe_consumer::RuntimeSettings;
+
+/// Meta's Graph API host.
+pub const DEFAULT_BASE_URL: &str = "https://graph.facebook.com";
+/// The Graph API version the contract was written against.
+pub const DEFAULT_API_VERSION: &str = "v25.0";
+/// Meta accepts at most 1,000 events per request; 500 keeps requests well under size limits.
+pub const DEFAULT_MAX_BATCH: usize = 500;
+/// The `action_source` values Meta accepts (contracts/meta-capi.md §3).
+pub const ACTION_SOURCES: [&str; 9] = [
+    "email",
+    "website",
+    "app",
+    "phone_call",
+    "chat",
+    "physical_store",
+    "system_generated",
+    "business_messaging",
+    "other",
+];
+
+/// What Meta receives for one canonical event name.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetaMapping {
+    /// Meta `event_name` (`Lead`, `Purchase`, …).
+    pub event_name: String,
+    /// Meta `action_source`.
+    pub action_source: String,
+    /// `custom_data.content_name`, if set.
+    pub content_name: Option<String>,
+    /// `custom_data.content_category`, if set.
+    pub content_category: Option<String>,
+}
+
+/// Whether an `unknown` ad consent counts as granted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConsentPolicy {
+    /// Only `granted` sends (the default, SPEC §1.3).
+    Strict,
+    /// `unknown` sends too; `denied` never does.
+    UnknownAllows,
+}
+
+/// Everything meta-sender needs.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The consumer runtime's settings.
+    pub runtime: RuntimeSettings,
+    /// `META_API_BASE_URL`.
+    pub base_url: String,
+    /// `META_API_VERSION`.
+    pub api_version: String,
+    /// `META_PIXEL_ID`.
+    pub pixel_id: Option<String>,
+    /// `META_ACCESS_TOKEN`.
+    pub access_token: Option<SecretString>,
+    /// `META_TEST_EVENT_CODE`.
+    pub test_event_code: Option<String>,
+    /// `DRY_RUN`, or forced when the pixel or token is absent.
+    pub dry_run: bool,
+    /// `META_TIMEOUT_MS`: one request's deadline.
+    pub timeout: Duration,
+    /// `META_MAX_BATCH`: events per request (1–1000).
+    pub max_batch: usize,
+    /// `CONSENT_POLICY`: `strict` (default) or `unknown_allows`.
+    pub consent: ConsentPolicy,
+    /// Per canonical event name.
+    pub mappings: HashMap<String, MetaMapping>,
+}
+
+/// Reads the `meta` sections of the mapping config, naming any bad key.
+pub fn meta_mappings(cfg: &MappingConfig) -> Result<HashMap<String, MetaMapping>, ConfigError> {
+    let mut out = HashMap::new();
+    for (name, mapping) in &cfg.events {
+        let Some(t) = &mapping.meta else { continue };
+        let key = |k: &str| format!("events.{name}.meta.{k}");
+        for k in t.keys() {
+            if ![
+                "event_name",
+                "action_source",
+                "content_name",
+                "content_category",
+            ]
+            .contains(&k.as_str())
+            {
+                return Err(ConfigError::invalid(
+                    key(k),
+                    "is not a meta mapping key (event_name, action_source, content_name, content_category)",
+                ));
+            }
+        }
+        let text = |k: &str| -> Result<Option<String>, ConfigError> {
+            match t.get(k) {
+                None => Ok(None),
+                Some(toml::Value::String(s)) if !s.trim().is_empty() => {
+                    Ok(Some(s.trim().to_owned()))
+                }
+                Some(_) => Err(ConfigError::invalid(key(k), "must be a non-empty string")),
+            }
+        };
+        let event_name = text("event_name")?
+            .ok_or_else(|| ConfigError::invalid(key("event_name"), "is required"))?;
+        let action_source = text("action_source")?.unwrap_or_else(|| "chat".to_owned());
+        if !ACTION_SOURCES.contains(&action_source.as_str()) {
+            return Err(ConfigError::invalid(
+                key("action_source"),
+                format!("must be one of {}", ACTION_SOURCES.join(", ")),
+            ));
+        }
+        out.insert(
+            name.clone(),
+            MetaMapping {
+                event_name,
+                action_source,
+                content_name: text("content_name")?,
+                content_category: text("content_category")?,
+            },
+        );
+    }
+    Ok(out)
+}
+
+impl Settings {
+    /// Reads the environment and the mapping config.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let mapping_var = env::optional("LEADPIPE_CONFIG");
+        let mapping = MappingConfig::load(
+            &PathBuf::from(mapping_var.as_deref().unwrap_or(DEFAULT_MAPPING_PATH)),
+            mapping_var.is_some(),
+        )?;
+        let pixel_id = env::optional("META_PIXEL_ID");
+        let access_token = env::optional("META_ACCESS_TOKEN").map(SecretString::from);
+        let dry_run = env::flag("DRY_RUN", false)? || pixel_id.is_none() || access_token.is_none();
+        let max_batch = env::parse_or("META_MAX_BATCH", DEFAULT_MAX_BATCH, "a number of events")?;
+        if !(1..=1000).contains(&max_batch) {
+            return Err(ConfigError::invalid(
+                "META_MAX_BATCH",
+                "must be between 1 and 1000 (Meta's limit)",
+            ));
+        }
+        let consent = match env::string_or("CONSENT_POLICY", "strict").as_str() {
+            "strict" => ConsentPolicy::Strict,
+            "unknown_allows" => ConsentPolicy::UnknownAllows,
+            _ => {
+                return Err(ConfigError::invalid(
+                    "CONSENT_POLICY",
+                    "must be strict or unknown_allows",
+                ));
+            }
+        };
+        Ok(Self {
+            runtime: RuntimeSettings::from_env(Destination::Meta)?,
+            base_url: env::string_or("META_API_BASE_URL", DEFAULT_BASE_URL),
+            api_version: env::string_or("META_API_VERSION", DEFAULT_API_VERSION),
+            pixel_id,
+            access_token,
+            test_event_code: env::optional("META_TEST_EVENT_CODE"),
+            dry_run,
+            timeout: Duration::from_millis(env::parse_or(
+                "META_TIMEOUT_MS",
+                10_000u64,
+                "milliseconds",
+            )?),
+            max_batch,
+            consent,
+            mappings: meta_mappings(&mapping)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_defaults_map_lead_and_won() {
+        let cfg = MappingConfig::parse(leadpipe_config::mapping::SHIPPED_DEFAULTS).unwrap();
+        let m = meta_mappings(&cfg).unwrap();
+        assert_eq!(m["lead"].event_name, "Lead");
+        assert_eq!(m["won"].event_name, "Purchase");
+        assert!(!m.contains_key("mql"));
+    }
+
+    #[test]
+    fn bad_mapping_keys_are_named() {
+        for (text, key) in [
+            (
+                "[events.lead.meta]\nevent_name = \"Lead\"\naction_source = \"web\"\n",
+                "events.lead.meta.action_source",
+            ),
+            (
+                "[events.lead.meta]\naction_source = \"chat\"\n",
+                "events.lead.meta.event_name",
+            ),
+            (
+                "[events.lead.meta]\nevent_name = \"Lead\"\nvalue = 1\n",
+                "events.lead.meta.value",
+            ),
+        ] {
+            let cfg = MappingConfig::parse(text).unwrap();
+            let err = meta_mappings(&cfg).unwrap_err().to_string();
+            assert!(err.starts_with(key), "{err}");
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! Runtime settings shared by every sender (SPEC §5 variables, plus the runtime's knobs).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use leadpipe_bus::Destination;
+use leadpipe_config::{AmqpSettings, ConfigError, DatabaseSettings, env};
+
+/// How a sender consumes, batches, retries and pauses.
+#[derive(Debug, Clone)]
+pub struct RuntimeSettings {
+    /// `AMQP_URL`, `LEADPIPE_NAMESPACE`.
+    pub amqp: AmqpSettings,
+    /// `DATABASE_URL`.
+    pub database: DatabaseSettings,
+    /// `METRICS_ADDR`: `/metrics`, `/healthz`, `/readyz`.
+    pub metrics_addr: SocketAddr,
+    /// `BATCH_SIZE`: most events per batch (capped by the destination's own limit).
+    pub batch_size: usize,
+    /// `BATCH_MAX_WAIT_MS`: how long a batch waits to fill once its first event arrived.
+    pub batch_max_wait: Duration,
+    /// `PREFETCH`: unacked deliveries per consumer channel (default: the batch size).
+    pub prefetch: u16,
+    /// `CONCURRENCY`: consumer channels, each working one batch at a time.
+    pub concurrency: usize,
+    /// `MAX_ATTEMPTS`: requests per event before it is dead-lettered.
+    pub max_attempts: u32,
+    /// `RETRY_BASE_MS`: the first retry's upper bound; doubles per attempt.
+    pub retry_base: Duration,
+    /// `RETRY_MAX_MS`: the longest retry delay (and cap on `Retry-After`).
+    pub retry_max: Duration,
+    /// `LEASE_SECS`: how long a claim is ours before another worker may take it over.
+    pub lease: Duration,
+    /// `PAUSE_PROBE_MAX_MS`: longest wait between probes while paused (starts at 500 ms).
+    pub pause_probe_max: Duration,
+    /// `PAUSE_AFTER_FAILED_BATCHES`: consecutive batches whose every request failed
+    /// transiently before consumption pauses ("every request failing").
+    pub pause_after_failed_batches: u32,
+}
+
+impl RuntimeSettings {
+    /// Defaults for `destination`, metrics on `0.0.0.0:<metrics_port>`.
+    pub fn defaults(amqp: AmqpSettings, database: DatabaseSettings, metrics_port: u16) -> Self {
+        Self {
+            amqp,
+            database,
+            metrics_addr: SocketAddr::from(([0, 0, 0, 0], metrics_port)),
+            batch_size: 500,
+            batch_max_wait: Duration::from_millis(200),
+            prefetch: 500,
+            concurrency: 2,
+            max_attempts: 10,
+            retry_base: Duration::from_secs(1),
+            retry_max: Duration::from_secs(6 * 3600),
+            lease: Duration::from_secs(60),
+            pause_probe_max: Duration::from_secs(30),
+            pause_after_failed_batches: 5,
+        }
+    }
+
+    /// Reads the variables; `destination`'s default metrics port is 9101…9104.
+    pub fn from_env(destination: Destination) -> Result<Self, ConfigError> {
+        let port = match destination {
+            Destination::Meta => 9101,
+            Destination::Ga4 => 9102,
+            Destination::GoogleAds => 9103,
+            Destination::Crm => 9104,
+        };
+        let mut s = Self::defaults(
+            AmqpSettings::from_env()?,
+            DatabaseSettings::from_env(),
+            port,
+        );
+        s.metrics_addr = env::parse_or("METRICS_ADDR", s.metrics_addr, "a socket address")?;
+        s.batch_size = env::parse_or("BATCH_SIZE", s.batch_size, "a number of events")?;
+        let wait = env::parse_or("BATCH_MAX_WAIT_MS", 200u64, "milliseconds")?;
+        s.batch_max_wait = Duration::from_millis(wait);
+        s.prefetch = env::parse_or(
+            "PREFETCH",
+            u16::try_from(s.batch_size).unwrap_or(u16::MAX),
+            "a number of messages (1-65535)",
+        )?;
+        s.concurrency = env::parse_or("CONCURRENCY", s.concurrency, "a number of channels")?;
+        s.max_attempts = env::parse_or("MAX_ATTEMPTS", s.max_attempts, "a number of attempts")?;
+        s.retry_base =
+            Duration::from_millis(env::parse_or("RETRY_BASE_MS", 1000u64, "milliseconds")?);
+        s.retry_max = Duration::from_millis(env::parse_or(
+            "RETRY_MAX_MS",
+            6 * 3600 * 1000u64,
+            "milliseconds",
+        )?);
+        s.lease = Duration::from_secs(env::parse_or("LEASE_SECS", 60u64, "seconds")?);
+        s.pause_probe_max = Duration::from_millis(env::parse_or(
+            "PAUSE_PROBE_MAX_MS",
+            30_000u64,
+            "milliseconds",
+        )?);
+        s.pause_after_failed_batches = env::parse_or(
+            "PAUSE_AFTER_FAILED_BATCHES",
+            s.pause_after_failed_batches,
+            "a number of batches",
+        )?;
+        for (key, bad) in [
+            ("BATCH_SIZE", s.batch_size == 0),
+            ("PREFETCH", s.prefetch == 0),
+            ("CONCURRENCY", s.concurrency == 0),
+            ("MAX_ATTEMPTS", s.max_attempts == 0),
+            ("LEASE_SECS", s.lease.is_zero()),
+        ] {
+            if bad {
+                return Err(ConfigError::invalid(key, "must be at least 1"));
+            }
+        }
+        Ok(s)
+    }
+}

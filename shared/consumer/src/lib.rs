@@ -1,0 +1,242 @@
+//! The consumer runtime every sender runs on. A destination is an [`Adapter`] (payload
+//! mapping, batching rule, error classification); the runtime does everything else:
+//! consuming with manual acks and a prefetch window, batching by size and time, claiming
+//! idempotency keys in Postgres, retries through the delay queues, dead letters with their
+//! reasons, pausing on systemic failure, metrics, health and graceful shutdown.
+//!
+//! # Layout
+//! - [`adapter`]: the trait a destination implements.
+//! - [`outcome`]: what an adapter reports per event.
+//! - [`worker`]: the consume loop and the batch pipeline (the runtime's decisions).
+//! - [`store`]: idempotency claims and the delivery log.
+//! - [`retry`]: backoff with full jitter.
+//! - [`cfg`]: settings from the environment.
+//! - [`metrics`]: the sender metric families.
+
+#![forbid(unsafe_code)]
+
+pub mod adapter;
+pub mod cfg;
+pub mod metrics;
+pub mod outcome;
+pub mod retry;
+pub mod store;
+pub mod worker;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicUsize};
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use leadpipe_bus::{Names, Publisher, PublisherSettings};
+
+pub use adapter::{Adapter, Item};
+pub use cfg::RuntimeSettings;
+pub use outcome::{Failure, Outcome, Prepared};
+
+use worker::Shared;
+
+/// How long shutdown waits for in-flight batches before it gives up (SIGTERM → exit ≤ 30 s).
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
+
+/// A sender, built and ready to run.
+pub struct Sender<A: Adapter> {
+    shared: Arc<Shared<A>>,
+    listener: TcpListener,
+}
+
+impl<A: Adapter> Sender<A> {
+    /// Connects to Postgres (applying migrations), starts the publisher (declaring the
+    /// topology) and binds the metrics address.
+    pub async fn build(
+        settings: RuntimeSettings,
+        adapter: A,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Self> {
+        let destination = adapter.destination();
+        let pool = leadpipe_db::connect(
+            &settings.database.url,
+            u32::try_from(settings.concurrency + 2).unwrap_or(8),
+        )
+        .await
+        .context("connecting to DATABASE_URL")?;
+        leadpipe_db::migrate(&pool).await?;
+        let listener = TcpListener::bind(settings.metrics_addr)
+            .await
+            .with_context(|| format!("cannot listen on METRICS_ADDR {}", settings.metrics_addr))?;
+        let names = Names::new(settings.amqp.namespace.clone());
+        let publisher = Publisher::start(
+            PublisherSettings::new(
+                settings.amqp.url.clone(),
+                format!("{}-sender-publisher", destination.as_str()),
+            ),
+            names.clone(),
+            shutdown,
+        );
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "host".into());
+        let owner = format!(
+            "{host}-{}-{}",
+            std::process::id(),
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        let store = store::Store::new(pool, destination.as_str(), owner, settings.lease);
+        let (paused, _) = tokio::sync::watch::channel(false);
+        let shared = Arc::new(Shared {
+            metrics: metrics::Metrics::new(destination.as_str()),
+            adapter: Arc::new(adapter),
+            settings,
+            names,
+            store,
+            publisher,
+            paused,
+            consuming: AtomicUsize::new(0),
+            failing_batches: AtomicU32::new(0),
+        });
+        Ok(Self { shared, listener })
+    }
+
+    /// Where `/metrics`, `/healthz` and `/readyz` are served.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("a bound listener")
+    }
+
+    /// Consumes until `shutdown` is cancelled, then stops taking deliveries, finishes the
+    /// batches in hand (or returns them to the queue) and returns within [`SHUTDOWN_GRACE`].
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let shared = self.shared;
+        let destination = shared.adapter.destination();
+        if !shared.publisher.wait_ready(Duration::from_secs(10)).await {
+            tracing::warn!(
+                destination = destination.as_str(),
+                "RabbitMQ not reachable yet; retrying"
+            );
+        }
+        let http_stop = CancellationToken::new();
+        let server = {
+            let app = Router::new()
+                .route("/metrics", get(metrics_page::<A>))
+                .route("/healthz", get(|| async { StatusCode::OK }))
+                .route("/readyz", get(readyz::<A>))
+                .with_state(shared.clone());
+            let stop = http_stop.clone();
+            tokio::spawn(async move {
+                axum::serve(self.listener, app)
+                    .with_graceful_shutdown(async move { stop.cancelled().await })
+                    .await
+            })
+        };
+        let depth = tokio::spawn(poll_depth(shared.clone(), shutdown.clone()));
+        let prober = tokio::spawn(worker::run_prober(shared.clone(), shutdown.clone()));
+        let workers: Vec<_> = (0..shared.settings.concurrency)
+            .map(|i| tokio::spawn(worker::run_worker(shared.clone(), i, shutdown.clone())))
+            .collect();
+        tracing::info!(
+            destination = destination.as_str(),
+            concurrency = shared.settings.concurrency,
+            "sender consuming"
+        );
+        shutdown.cancelled().await;
+        tracing::info!(
+            destination = destination.as_str(),
+            "draining in-flight batches"
+        );
+        let drained =
+            tokio::time::timeout(SHUTDOWN_GRACE, futures::future::join_all(workers)).await;
+        if drained.is_err() {
+            tracing::warn!(
+                "in-flight batches did not finish in time; their messages return to the queue"
+            );
+        }
+        prober.abort();
+        depth.abort();
+        http_stop.cancel();
+        let _ = server.await;
+        tracing::info!(destination = destination.as_str(), "sender stopped");
+        Ok(())
+    }
+}
+
+async fn metrics_page<A: Adapter>(State(shared): State<Arc<Shared<A>>>) -> Response {
+    shared.metrics.ready.set(i64::from(shared.is_ready()));
+    (
+        [(
+            header::CONTENT_TYPE,
+            leadpipe_telemetry::metrics::CONTENT_TYPE,
+        )],
+        leadpipe_telemetry::metrics::render(&shared.metrics.registry),
+    )
+        .into_response()
+}
+
+async fn readyz<A: Adapter>(State(shared): State<Arc<Shared<A>>>) -> Response {
+    let paused = *shared.paused.borrow();
+    if shared.is_ready() {
+        (
+            StatusCode::OK,
+            axum::Json(serde_json::json!({"status": "ready"})),
+        )
+            .into_response()
+    } else {
+        let reason = if paused {
+            "paused: the destination refuses requests (systemic failure); probing"
+        } else {
+            "not consuming yet (broker or database unreachable)"
+        };
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({"status": "not_ready", "reason": reason})),
+        )
+            .into_response()
+    }
+}
+
+/// Keeps the queue depth gauges current (every 5 s).
+async fn poll_depth<A: Adapter>(shared: Arc<Shared<A>>, shutdown: CancellationToken) {
+    let d = shared.adapter.destination();
+    let queues = [
+        ("work", shared.names.work_queue(d)),
+        ("dlq", shared.names.dead_letter_queue(d)),
+    ];
+    loop {
+        if let Ok(conn) = leadpipe_bus::connect(&shared.settings.amqp.url, "depth-poller").await
+            && let Ok(channel) = conn.create_channel().await
+        {
+            loop {
+                let mut ok = true;
+                for (label, q) in &queues {
+                    match leadpipe_bus::topology::queue_depth(&channel, q).await {
+                        Ok(n) => shared
+                            .metrics
+                            .depth
+                            .with_label_values(&[label])
+                            .set(i64::from(n)),
+                        Err(_) => ok = false,
+                    }
+                }
+                if !ok {
+                    break;
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => {
+                        let _ = conn.close(200, "stopping".into()).await;
+                        return;
+                    }
+                    _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                }
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+    }
+}

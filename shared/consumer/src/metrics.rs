@@ -1,0 +1,120 @@
+//! Sender metrics (SPEC §7), labelled by destination.
+
+use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+
+use leadpipe_telemetry::metrics::LATENCY_BUCKETS;
+
+/// Queue lag buckets, in seconds (10 ms to 6 h: retries wait in delay queues for hours).
+const LAG_BUCKETS: [f64; 14] = [
+    0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 10800.0, 21600.0,
+];
+
+/// The metric families of one sender.
+#[derive(Clone)]
+pub struct Metrics {
+    /// The registry served on `/metrics`.
+    pub registry: Registry,
+    /// `leadpipe_deliveries_total{destination, result}`.
+    pub deliveries: IntCounterVec,
+    /// `leadpipe_destination_request_seconds{destination}`.
+    pub request_seconds: Histogram,
+    /// `leadpipe_retries_total{destination}` (by error code).
+    pub retries: IntCounterVec,
+    /// `leadpipe_queue_lag_seconds{destination}`: now − `ingested_at` at consume time.
+    pub lag: Histogram,
+    /// `leadpipe_queue_depth{destination, queue}` (`work`, `dlq`).
+    pub depth: IntGaugeVec,
+    /// `leadpipe_in_flight{destination}`: events claimed and not yet decided.
+    pub in_flight: IntGauge,
+    /// `leadpipe_destination_paused{destination}`: 1 while paused on a systemic failure.
+    pub paused: IntGauge,
+    /// `leadpipe_destination_ready{destination}`: 1 when consuming.
+    pub ready: IntGauge,
+}
+
+impl Metrics {
+    /// Registers every family, with `destination` as a constant label.
+    pub fn new(destination: &str) -> Self {
+        let registry = Registry::new();
+        let c = |o: Opts| o.const_label("destination", destination);
+        let h = |o: HistogramOpts| o.const_label("destination", destination);
+        let deliveries = IntCounterVec::new(
+            c(Opts::new(
+                "leadpipe_deliveries_total",
+                "Events decided, by result.",
+            )),
+            &["result"],
+        )
+        .expect("valid metric");
+        let request_seconds = Histogram::with_opts(
+            h(HistogramOpts::new(
+                "leadpipe_destination_request_seconds",
+                "Latency of requests to the destination.",
+            ))
+            .buckets(LATENCY_BUCKETS.to_vec()),
+        )
+        .expect("valid metric");
+        let retries = IntCounterVec::new(
+            c(Opts::new(
+                "leadpipe_retries_total",
+                "Events sent to a delay queue, by error code.",
+            )),
+            &["code"],
+        )
+        .expect("valid metric");
+        let lag = Histogram::with_opts(
+            h(HistogramOpts::new(
+                "leadpipe_queue_lag_seconds",
+                "Time from ingest to consumption.",
+            ))
+            .buckets(LAG_BUCKETS.to_vec()),
+        )
+        .expect("valid metric");
+        let depth = IntGaugeVec::new(
+            c(Opts::new(
+                "leadpipe_queue_depth",
+                "Ready messages in the work queue and DLQ.",
+            )),
+            &["queue"],
+        )
+        .expect("valid metric");
+        let in_flight = IntGauge::with_opts(c(Opts::new(
+            "leadpipe_in_flight",
+            "Events claimed and not yet decided.",
+        )))
+        .expect("valid metric");
+        let paused = IntGauge::with_opts(c(Opts::new(
+            "leadpipe_destination_paused",
+            "1 while consumption is paused on a systemic failure.",
+        )))
+        .expect("valid metric");
+        let ready = IntGauge::with_opts(c(Opts::new(
+            "leadpipe_destination_ready",
+            "1 while the sender consumes.",
+        )))
+        .expect("valid metric");
+        for m in [
+            Box::new(deliveries.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(request_seconds.clone()),
+            Box::new(retries.clone()),
+            Box::new(lag.clone()),
+            Box::new(depth.clone()),
+            Box::new(in_flight.clone()),
+            Box::new(paused.clone()),
+            Box::new(ready.clone()),
+        ] {
+            registry.register(m).expect("metric names are unique");
+        }
+        Self {
+            registry,
+            deliveries,
+            request_seconds,
+            retries,
+            lag,
+            depth,
+            in_flight,
+            paused,
+            ready,
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! What a destination adapter reports per event, and what the runtime does with it.
+
+use std::time::Duration;
+
+/// Why a delivery failed, without PII: safe for logs, headers and the delivery log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// Machine-readable code (`http_500`, `meta_100`, `timeout`, `invalid_event`, …).
+    pub code: String,
+    /// Human-readable reason.
+    pub message: String,
+    /// The destination's HTTP status, when there was a response.
+    pub http_status: Option<u16>,
+}
+
+impl Failure {
+    /// A failure with `code`, `message` and no HTTP status.
+    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            code: code.into(),
+            message: message.into(),
+            http_status: None,
+        }
+    }
+
+    /// The same failure with an HTTP status.
+    pub fn with_status(mut self, status: u16) -> Self {
+        self.http_status = Some(status);
+        self
+    }
+}
+
+/// The result of one event at one destination. The runtime alone turns it into ack, delay
+/// queue or dead-letter queue.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Delivered; the destination's reference (e.g. `fbtrace_id`).
+    Sent {
+        /// Destination reference for the delivery log.
+        reference: Option<String>,
+        /// HTTP status of the response.
+        http_status: Option<u16>,
+    },
+    /// `DRY_RUN`: the exact request was built and recorded, nothing sent. The payload must hold
+    /// hashed identifiers only.
+    DryRun {
+        /// What would have been sent (redacted of anything not hashed).
+        payload: serde_json::Value,
+    },
+    /// Transient: try again later (timeouts, connection errors, 429, 5xx, throttling).
+    Retry {
+        /// What went wrong.
+        failure: Failure,
+        /// The destination's `Retry-After`, honoured within the configured bounds.
+        retry_after: Option<Duration>,
+    },
+    /// This event will never be accepted as it is: dead-letter it now.
+    Permanent(Failure),
+    /// The destination refuses everything (bad token, permissions): pause, nothing is
+    /// dead-lettered.
+    Systemic(Failure),
+    /// Not sent: ad consent denied or unknown.
+    BlockedConsent,
+    /// Not sent: the mapping config sends nothing to this destination for this event.
+    Unmapped,
+    /// Not sent: older than the destination accepts.
+    Expired,
+}
+
+impl Outcome {
+    /// Whether a request to the destination was made for it (counted as an attempt).
+    pub fn made_request(&self) -> bool {
+        match self {
+            Self::Sent { .. } | Self::Retry { .. } | Self::Systemic(_) => true,
+            Self::Permanent(f) => f.http_status.is_some(),
+            _ => false,
+        }
+    }
+}
+
+/// What an adapter says of one event before any request: send it (as `T`), or it is decided.
+#[derive(Debug)]
+pub enum Prepared<T> {
+    /// Build into the next request.
+    Send(T),
+    /// Decided without a request (consent, unmapped, expired, invalid).
+    Done(Outcome),
+}

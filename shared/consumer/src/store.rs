@@ -1,0 +1,227 @@
+//! Idempotency keys and the delivery log in Postgres (SPEC §5), one row per
+//! (destination, event_id).
+//!
+//! A batch is claimed in one statement: a new key, a `retrying` key, or an `in_flight` key
+//! whose lease expired (its worker died) becomes `in_flight` with our lease; no transaction
+//! is held across the destination call. Outcomes are written in one statement afterwards.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+
+use leadpipe_db::DeliveryStatus;
+
+/// One event to claim.
+#[derive(Debug, Clone)]
+pub struct ClaimRequest {
+    /// The event's id.
+    pub event_id: String,
+    /// Its canonical name (for `leadpipe trace`).
+    pub event_name: String,
+    /// Its source.
+    pub source: String,
+    /// When ingest accepted it.
+    pub ingested_at: Option<DateTime<Utc>>,
+}
+
+/// What a claim found for each event.
+#[derive(Debug, Default)]
+pub struct Claim {
+    /// Ours to send.
+    pub claimed: HashSet<String>,
+    /// Already decided (sent, dead-lettered, blocked…): ack without a request.
+    pub done: HashSet<String>,
+    /// Held by another live worker: look again after the lease's remaining time.
+    pub busy: HashMap<String, Duration>,
+}
+
+/// One outcome to write.
+#[derive(Debug, Clone)]
+pub struct Record {
+    /// The event's id.
+    pub event_id: String,
+    /// New status; `None` releases the claim (systemic pause) without deciding anything.
+    pub status: Option<DeliveryStatus>,
+    /// Requests made for it in this round (0 or 1).
+    pub tried: i32,
+    /// Last HTTP status.
+    pub http_status: Option<u16>,
+    /// Last error code.
+    pub error_code: Option<String>,
+    /// Last error message (no PII).
+    pub error_message: Option<String>,
+    /// Destination reference.
+    pub reference: Option<String>,
+    /// DRY_RUN payload (hashed identifiers only).
+    pub payload: Option<serde_json::Value>,
+}
+
+/// The delivery log of one destination, as one worker (`owner`) sees it.
+#[derive(Clone)]
+pub struct Store {
+    pool: PgPool,
+    destination: &'static str,
+    owner: String,
+    lease: Duration,
+}
+
+impl Store {
+    /// A store for `destination`; `owner` names this worker in leases.
+    pub fn new(pool: PgPool, destination: &'static str, owner: String, lease: Duration) -> Self {
+        Self {
+            pool,
+            destination,
+            owner,
+            lease,
+        }
+    }
+
+    /// The worker name written into leases.
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Claims `events` (ids unique within the call) in one statement.
+    pub async fn claim(&self, events: &[ClaimRequest]) -> sqlx::Result<Claim> {
+        let ids: Vec<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
+        let names: Vec<&str> = events.iter().map(|e| e.event_name.as_str()).collect();
+        let sources: Vec<&str> = events.iter().map(|e| e.source.as_str()).collect();
+        let ingested: Vec<Option<DateTime<Utc>>> = events.iter().map(|e| e.ingested_at).collect();
+        let claimed: Vec<(String,)> = sqlx::query_as(
+            "INSERT INTO deliveries AS d
+                 (destination, event_id, status, event_name, source, ingested_at,
+                  lease_owner, lease_expires_at)
+             SELECT $1, u.id, 'in_flight', u.name, u.source, u.ingested, $2,
+                    now() + make_interval(secs => $3)
+             FROM unnest($4::text[], $5::text[], $6::text[], $7::timestamptz[])
+                  AS u(id, name, source, ingested)
+             ON CONFLICT (destination, event_id) DO UPDATE
+             SET status = 'in_flight', lease_owner = EXCLUDED.lease_owner,
+                 lease_expires_at = EXCLUDED.lease_expires_at, updated_at = now()
+             WHERE d.status = 'retrying'
+                OR (d.status = 'in_flight'
+                    AND (d.lease_expires_at IS NULL OR d.lease_expires_at < now()
+                         OR d.lease_owner = EXCLUDED.lease_owner))
+             RETURNING d.event_id",
+        )
+        .bind(self.destination)
+        .bind(&self.owner)
+        .bind(self.lease.as_secs_f64())
+        .bind(&ids)
+        .bind(&names)
+        .bind(&sources)
+        .bind(&ingested)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut claim = Claim {
+            claimed: claimed.into_iter().map(|(id,)| id).collect(),
+            ..Claim::default()
+        };
+        let rest: Vec<&str> = ids
+            .iter()
+            .copied()
+            .filter(|id| !claim.claimed.contains(*id))
+            .collect();
+        if rest.is_empty() {
+            return Ok(claim);
+        }
+        let rows: Vec<(String, String, Option<f64>)> = sqlx::query_as(
+            "SELECT event_id, status,
+                    EXTRACT(EPOCH FROM (lease_expires_at - now()))::float8
+             FROM deliveries WHERE destination = $1 AND event_id = ANY($2)",
+        )
+        .bind(self.destination)
+        .bind(&rest)
+        .fetch_all(&self.pool)
+        .await?;
+        for (id, status, left) in rows {
+            match DeliveryStatus::parse(&status) {
+                Some(s) if s.is_final() => {
+                    claim.done.insert(id);
+                }
+                _ => {
+                    let left = Duration::from_secs_f64(left.unwrap_or(1.0).max(0.1));
+                    claim.busy.insert(id, left);
+                }
+            }
+        }
+        Ok(claim)
+    }
+
+    /// Writes outcomes (only for rows this worker still leases) in one statement.
+    pub async fn record(&self, records: &[Record]) -> sqlx::Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<&str> = records.iter().map(|r| r.event_id.as_str()).collect();
+        // '' stands for "leave as is" (release) and NULL-able columns use '' / 0 / '' as
+        // absent, turned back into NULL in SQL.
+        let statuses: Vec<&str> = records
+            .iter()
+            .map(|r| r.status.map(DeliveryStatus::as_str).unwrap_or(""))
+            .collect();
+        let tried: Vec<i32> = records.iter().map(|r| r.tried).collect();
+        let http: Vec<i32> = records
+            .iter()
+            .map(|r| r.http_status.map(i32::from).unwrap_or(0))
+            .collect();
+        let text = |f: fn(&Record) -> &Option<String>| -> Vec<String> {
+            records
+                .iter()
+                .map(|r| f(r).clone().unwrap_or_default())
+                .collect()
+        };
+        let codes = text(|r| &r.error_code);
+        let messages = text(|r| &r.error_message);
+        let refs = text(|r| &r.reference);
+        let payloads: Vec<String> = records
+            .iter()
+            .map(|r| {
+                r.payload
+                    .as_ref()
+                    .map(|p| p.to_string())
+                    .unwrap_or_default()
+            })
+            .collect();
+        sqlx::query(
+            "UPDATE deliveries AS d SET
+                 status = COALESCE(NULLIF(u.status, ''), d.status),
+                 attempts = d.attempts + u.tried,
+                 last_http_status = COALESCE(NULLIF(u.http, 0), d.last_http_status),
+                 last_error_code = CASE WHEN u.status = 'sent' THEN NULL
+                                        ELSE COALESCE(NULLIF(u.code, ''), d.last_error_code) END,
+                 last_error_message = CASE WHEN u.status = 'sent' THEN NULL
+                                        ELSE COALESCE(NULLIF(u.msg, ''), d.last_error_message) END,
+                 destination_ref = COALESCE(NULLIF(u.ref, ''), d.destination_ref),
+                 dry_run_payload = COALESCE(NULLIF(u.payload, '')::jsonb, d.dry_run_payload),
+                 sent_at = CASE WHEN u.status = 'sent' THEN now() ELSE d.sent_at END,
+                 lease_owner = NULL,
+                 lease_expires_at = CASE WHEN u.status = '' THEN now() ELSE NULL END,
+                 updated_at = now()
+             FROM unnest($3::text[], $4::text[], $5::int4[], $6::int4[], $7::text[],
+                         $8::text[], $9::text[], $10::text[])
+                  AS u(id, status, tried, http, code, msg, ref, payload)
+             WHERE d.destination = $1 AND d.event_id = u.id AND d.lease_owner = $2",
+        )
+        .bind(self.destination)
+        .bind(&self.owner)
+        .bind(&ids)
+        .bind(&statuses)
+        .bind(&tried)
+        .bind(&http)
+        .bind(&codes)
+        .bind(&messages)
+        .bind(&refs)
+        .bind(&payloads)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}
