@@ -226,7 +226,7 @@ pub struct Broker {
 /// One message read from a queue (and acked).
 #[derive(Debug, Clone)]
 pub struct Received {
-    /// The body, parsed.
+    /// The body, parsed (`Null` when it is not JSON).
     pub body: Value,
     /// AMQP properties.
     pub properties: lapin::BasicProperties,
@@ -314,7 +314,7 @@ impl Broker {
             };
             delivery.ack(BasicAckOptions::default()).await.unwrap();
             out.push(Received {
-                body: serde_json::from_slice(&delivery.data).expect("JSON body"),
+                body: serde_json::from_slice(&delivery.data).unwrap_or(Value::Null),
                 properties: delivery.properties.clone(),
             });
         }
@@ -449,4 +449,279 @@ pub fn bin_path(name: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+#[path = "support/fake_meta.rs"]
+pub mod fake_meta;
+
+/// A lead that happened an hour ago, with ad consent granted.
+pub fn recent_lead(lead_id: &str) -> Value {
+    let mut e = lead(lead_id);
+    e["occurred_at"] = json!((chrono::Utc::now() - chrono::Duration::hours(1)).to_rfc3339());
+    e
+}
+
+/// Validates `event` as ingest does (source `site-widget`) and wraps it in its envelope.
+pub fn envelope_of(event: &Value) -> leadpipe_events::Envelope {
+    let custom = HashSet::from(["demo_booked".to_owned()]);
+    let ctx = leadpipe_events::ValidationContext {
+        source_id: TEST_SOURCE,
+        default_region: Some("US"),
+        custom_events: &custom,
+        now: chrono::Utc::now(),
+    };
+    let valid = leadpipe_events::validate_event(event, &ctx).expect("a valid test event");
+    leadpipe_events::Envelope {
+        schema_version: leadpipe_events::SCHEMA_VERSION,
+        event_id: valid.event_id,
+        ingested_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        event: valid.event,
+    }
+}
+
+/// The token the fake Meta accepts by default.
+pub const META_TOKEN: &str = "good-token";
+
+/// A namespace, a database and a fake Meta: everything a sender test needs.
+pub struct Pipeline {
+    /// Names of the namespace.
+    pub names: Names,
+    /// The test database's URL.
+    pub database_url: String,
+    /// A pool on it.
+    pub pool: sqlx::PgPool,
+    /// Reads queues.
+    pub broker: Broker,
+    /// The fake Meta.
+    pub meta: fake_meta::FakeMeta,
+    publisher: leadpipe_bus::Publisher,
+    shutdown: CancellationToken,
+}
+
+/// Options for [`Pipeline::start_meta`].
+#[derive(Clone)]
+pub struct SenderOptions {
+    /// The token meta-sender uses.
+    pub token: String,
+    /// `DRY_RUN`.
+    pub dry_run: bool,
+    /// `BATCH_SIZE`.
+    pub batch_size: usize,
+    /// `BATCH_MAX_WAIT_MS`.
+    pub batch_max_wait: Duration,
+    /// `LEASE_SECS`.
+    pub lease: Duration,
+    /// `MAX_ATTEMPTS`.
+    pub max_attempts: u32,
+}
+
+impl Default for SenderOptions {
+    fn default() -> Self {
+        Self {
+            token: META_TOKEN.into(),
+            dry_run: false,
+            batch_size: 500,
+            batch_max_wait: Duration::from_millis(100),
+            lease: Duration::from_secs(2),
+            max_attempts: 10,
+        }
+    }
+}
+
+/// A sender running in this process.
+pub struct TestSender {
+    /// `http://<metrics addr>`.
+    pub base: String,
+    shutdown: CancellationToken,
+    handle: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl TestSender {
+    /// `GET /readyz` status.
+    pub async fn readyz(&self) -> u16 {
+        reqwest::get(format!("{}/readyz", self.base))
+            .await
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0)
+    }
+
+    /// `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.base))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// SIGTERM-equivalent: stops and waits for the drain.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = self.handle.await;
+    }
+}
+
+impl Pipeline {
+    /// A fresh namespace (topology declared), database and fake Meta.
+    pub async fn new() -> Self {
+        let names = Names::new(unique_namespace("s"));
+        let (database_url, pool) = fresh_database().await;
+        let shutdown = CancellationToken::new();
+        let publisher = leadpipe_bus::Publisher::start(
+            leadpipe_bus::PublisherSettings::new(amqp_url(), "tests"),
+            names.clone(),
+            shutdown.clone(),
+        );
+        assert!(publisher.wait_ready(Duration::from_secs(20)).await);
+        Self {
+            broker: Broker::connect(names.clone()).await,
+            names,
+            database_url,
+            pool,
+            meta: fake_meta::FakeMeta::start(META_TOKEN).await,
+            publisher,
+            shutdown,
+        }
+    }
+
+    /// Publishes `event` as ingest would; returns its event_id.
+    pub async fn publish(&self, event: &Value) -> String {
+        let env = envelope_of(event);
+        let body = serde_json::to_vec(&env).unwrap();
+        self.publish_raw(&body, &env.event_id, &env.event.event_name.clone().unwrap())
+            .await;
+        env.event_id
+    }
+
+    /// Publishes raw bytes to the events exchange with `message_id`.
+    pub async fn publish_raw(&self, body: &[u8], message_id: &str, event_name: &str) {
+        let exchange = self.names.events_exchange();
+        let key = Names::event_routing_key(event_name, TEST_SOURCE);
+        self.publisher
+            .publish(&leadpipe_bus::OutgoingMessage {
+                exchange: &exchange,
+                routing_key: &key,
+                body,
+                message_id,
+                headers: leadpipe_bus::publisher::string_headers([(
+                    "traceparent",
+                    "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned(),
+                )]),
+                expiration_ms: None,
+            })
+            .await
+            .expect("published");
+    }
+
+    /// meta-sender settings for this pipeline.
+    pub fn meta_settings(&self, opts: &SenderOptions) -> leadpipe_meta_sender::cfg::Settings {
+        let mut runtime = leadpipe_consumer::RuntimeSettings::defaults(
+            AmqpSettings {
+                url: amqp_url(),
+                namespace: self.names.namespace().to_owned(),
+            },
+            leadpipe_config::DatabaseSettings {
+                url: self.database_url.clone(),
+            },
+            0,
+        );
+        runtime.metrics_addr = "127.0.0.1:0".parse().unwrap();
+        runtime.batch_size = opts.batch_size;
+        runtime.prefetch = u16::try_from(opts.batch_size).unwrap_or(u16::MAX);
+        runtime.batch_max_wait = opts.batch_max_wait;
+        runtime.lease = opts.lease;
+        runtime.max_attempts = opts.max_attempts;
+        runtime.retry_base = Duration::from_millis(200);
+        runtime.pause_probe_max = Duration::from_millis(300);
+        let mapping = leadpipe_config::mapping::MappingConfig::parse(
+            leadpipe_config::mapping::SHIPPED_DEFAULTS,
+        )
+        .unwrap();
+        leadpipe_meta_sender::cfg::Settings {
+            runtime,
+            base_url: self.meta.base_url.clone(),
+            api_version: "v25.0".into(),
+            pixel_id: Some("1234567890".into()),
+            access_token: Some(SecretString::from(opts.token.clone())),
+            test_event_code: None,
+            dry_run: opts.dry_run,
+            timeout: Duration::from_secs(5),
+            max_batch: 500,
+            consent: leadpipe_meta_sender::cfg::ConsentPolicy::Strict,
+            mappings: leadpipe_meta_sender::cfg::meta_mappings(&mapping).unwrap(),
+        }
+    }
+
+    /// Starts meta-sender in this process.
+    pub async fn start_meta(&self, opts: SenderOptions) -> TestSender {
+        let settings = self.meta_settings(&opts);
+        let shutdown = CancellationToken::new();
+        let sender = leadpipe_consumer::Sender::build(
+            settings.runtime.clone(),
+            leadpipe_meta_sender::MetaAdapter::new(settings),
+            shutdown.clone(),
+        )
+        .await
+        .expect("meta-sender builds");
+        let base = format!("http://{}", sender.metrics_addr());
+        let handle = tokio::spawn(sender.run_until_stopped(shutdown.clone()));
+        let s = TestSender {
+            base,
+            shutdown,
+            handle,
+        };
+        assert!(
+            eventually(Duration::from_secs(20), || async {
+                s.readyz().await == 200
+            })
+            .await,
+            "meta-sender never became ready"
+        );
+        s
+    }
+
+    /// `(status, attempts)` of an event's meta row.
+    pub async fn row(&self, event_id: &str) -> Option<(String, i32)> {
+        sqlx::query_as(
+            "SELECT status, attempts FROM deliveries WHERE destination = 'meta' AND event_id = $1",
+        )
+        .bind(event_id)
+        .fetch_optional(&self.pool)
+        .await
+        .unwrap()
+    }
+
+    /// Waits until the event's meta row has `status`; panics with the last row otherwise.
+    pub async fn wait_status(&self, event_id: &str, status: &str, timeout: Duration) -> i32 {
+        let ok = eventually(timeout, || async {
+            self.row(event_id).await.is_some_and(|(s, _)| s == status)
+        })
+        .await;
+        let row = self.row(event_id).await;
+        assert!(ok, "{event_id}: wanted {status}, row is {row:?}");
+        row.unwrap().1
+    }
+
+    /// Waits until `n` meta rows have `status`.
+    pub async fn wait_count(&self, status: &str, n: i64, timeout: Duration) {
+        let count = || async {
+            let (c,): (i64,) = sqlx::query_as(
+                "SELECT count(*) FROM deliveries WHERE destination = 'meta' AND status = $1",
+            )
+            .bind(status)
+            .fetch_one(&self.pool)
+            .await
+            .unwrap();
+            c
+        };
+        let ok = eventually(timeout, || async { count().await == n }).await;
+        assert!(ok, "wanted {n} rows {status}, have {}", count().await);
+    }
+
+    /// Stops the publisher and deletes the namespace.
+    pub async fn cleanup(self) {
+        self.shutdown.cancel();
+        self.broker.delete().await;
+    }
 }

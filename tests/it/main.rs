@@ -4,4 +4,5 @@
 mod database;
 mod ingest;
 mod ingest_binary;
+mod meta_sender;
 mod topology;

@@ -1,0 +1,271 @@
+//! A local stand-in for the Meta Conversions API that validates payloads as Meta does
+//! (contracts/meta-capi.md §9): Graph error envelopes, throttling codes, whole-batch
+//! rejection, token checks, and scripted failures and latency.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use serde_json::{Value, json};
+
+/// An email whose events Meta "rejects" (code 100) though they pass local validation.
+pub const REJECTED_EMAIL: &str = "reject@example.com";
+
+/// A scripted answer for the next request.
+#[derive(Debug, Clone)]
+pub enum Scripted {
+    /// HTTP status with an empty body.
+    Status(u16),
+    /// Graph error `code` with HTTP 400 and an optional `Retry-After`.
+    GraphError { code: i64, retry_after: Option<u64> },
+}
+
+/// One request Meta received.
+#[derive(Debug, Clone)]
+pub struct Received {
+    /// When it arrived.
+    pub at: Instant,
+    /// The body.
+    pub body: Value,
+    /// The status answered.
+    pub status: u16,
+}
+
+#[derive(Default)]
+struct Inner {
+    token: String,
+    script: VecDeque<Scripted>,
+    latency: Duration,
+    requests: Vec<Received>,
+    /// event_id → times accepted.
+    accepted: HashMap<String, usize>,
+    /// Accepted events, by event_id (last copy).
+    events: HashMap<String, Value>,
+}
+
+/// The fake's handle.
+#[derive(Clone)]
+pub struct FakeMeta {
+    /// Base URL (`META_API_BASE_URL`).
+    pub base_url: String,
+    inner: Arc<Mutex<Inner>>,
+}
+
+fn hex64(v: &Value) -> bool {
+    v.as_str().is_some_and(|s| {
+        s.len() == 64
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
+fn graph_error(code: i64, message: &str) -> Value {
+    json!({"error": {"message": message, "type": "OAuthException", "code": code,
+                     "fbtrace_id": format!("F{}", uuid::Uuid::new_v4().simple())}})
+}
+
+/// Checks one event as Meta does; `Err` names the problem.
+fn check_event(e: &Value, now: i64) -> Result<(), String> {
+    if e["event_name"].as_str().is_none_or(str::is_empty) {
+        return Err("event_name".into());
+    }
+    let t = e["event_time"].as_i64().ok_or("event_time")?;
+    if t < now - 7 * 86400 || t > now + 60 {
+        return Err("event_time out of window".into());
+    }
+    let sources = [
+        "email",
+        "website",
+        "app",
+        "phone_call",
+        "chat",
+        "physical_store",
+        "system_generated",
+        "business_messaging",
+        "other",
+    ];
+    let source = e["action_source"].as_str().unwrap_or("");
+    if !sources.contains(&source) {
+        return Err("action_source".into());
+    }
+    let u = e["user_data"].as_object().ok_or("user_data")?;
+    if u.is_empty() {
+        return Err("user_data empty".into());
+    }
+    for k in [
+        "em", "ph", "fn", "ln", "ge", "db", "ct", "st", "zp", "country",
+    ] {
+        if let Some(v) = u.get(k) {
+            let ok = match v {
+                Value::Array(a) => a.iter().all(hex64),
+                other => hex64(other),
+            };
+            if !ok {
+                return Err(format!("{k} not hashed"));
+            }
+        }
+    }
+    for k in ["client_ip_address", "client_user_agent", "fbc", "fbp"] {
+        if u.get(k).is_some_and(hex64) {
+            return Err(format!("{k} must not be hashed"));
+        }
+    }
+    if source == "website"
+        && (e["event_source_url"].as_str().is_none() || !u.contains_key("client_user_agent"))
+    {
+        return Err("website needs event_source_url and client_user_agent".into());
+    }
+    if e["event_name"] == "Purchase"
+        && (!e["custom_data"]["value"].is_number()
+            || e["custom_data"]["currency"].as_str().is_none())
+    {
+        return Err("Purchase needs value and currency".into());
+    }
+    if u.get("em") == Some(&json!(leadpipe_events::sha256_hex(REJECTED_EMAIL))) {
+        return Err("em rejected".into());
+    }
+    Ok(())
+}
+
+async fn events(
+    State(inner): State<Arc<Mutex<Inner>>>,
+    Path((version, _pixel)): Path<(String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+    Json(body): Json<Value>,
+) -> Response {
+    let latency = inner.lock().unwrap().latency;
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    let mut g = inner.lock().unwrap();
+    let now = chrono::Utc::now().timestamp();
+    let (status, reply, retry_after): (u16, Value, Option<u64>) = (|| {
+        if !version.starts_with('v') {
+            return (400, graph_error(100, "Unknown path components"), None);
+        }
+        if q.get("access_token") != Some(&g.token) {
+            return (400, graph_error(190, "Invalid OAuth access token."), None);
+        }
+        if let Some(s) = g.script.pop_front() {
+            return match s {
+                Scripted::Status(code) => (code, Value::Null, None),
+                Scripted::GraphError { code, retry_after } => {
+                    (400, graph_error(code, "scripted error"), retry_after)
+                }
+            };
+        }
+        let Some(data) = body["data"].as_array() else {
+            return (400, graph_error(100, "data is required"), None);
+        };
+        if data.is_empty() || data.len() > 1000 {
+            return (
+                400,
+                graph_error(100, "data must hold 1 to 1000 events"),
+                None,
+            );
+        }
+        if body
+            .as_object()
+            .is_some_and(|o| o.keys().any(|k| k != "data" && k != "test_event_code"))
+        {
+            return (400, graph_error(100, "unknown top-level field"), None);
+        }
+        for e in data {
+            if let Err(why) = check_event(e, now) {
+                return (
+                    400,
+                    graph_error(100, &format!("Invalid parameter: {why}")),
+                    None,
+                );
+            }
+        }
+        for e in data {
+            let id = e["event_id"].as_str().unwrap_or_default().to_owned();
+            *g.accepted.entry(id.clone()).or_default() += 1;
+            g.events.insert(id, e.clone());
+        }
+        (
+            200,
+            json!({"events_received": data.len(), "messages": [], "fbtrace_id": "Ftrace"}),
+            None,
+        )
+    })();
+    g.requests.push(Received {
+        at: Instant::now(),
+        body,
+        status,
+    });
+    drop(g);
+    let mut headers = HeaderMap::new();
+    if let Some(s) = retry_after {
+        headers.insert("retry-after", HeaderValue::from(s));
+    }
+    (StatusCode::from_u16(status).unwrap(), headers, Json(reply)).into_response()
+}
+
+impl FakeMeta {
+    /// Starts the fake on a free port, accepting `token`.
+    pub async fn start(token: &str) -> Self {
+        let inner = Arc::new(Mutex::new(Inner {
+            token: token.to_owned(),
+            ..Inner::default()
+        }));
+        let app = axum::Router::new()
+            .route("/{version}/{pixel}/events", post(events))
+            .with_state(inner.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base_url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Self { base_url, inner }
+    }
+
+    /// Accept only `token` from now on.
+    pub fn set_token(&self, token: &str) {
+        self.inner.lock().unwrap().token = token.to_owned();
+    }
+
+    /// Answer the next requests as scripted, in order.
+    pub fn script(&self, replies: impl IntoIterator<Item = Scripted>) {
+        self.inner.lock().unwrap().script.extend(replies);
+    }
+
+    /// Delay every answer.
+    pub fn set_latency(&self, latency: Duration) {
+        self.inner.lock().unwrap().latency = latency;
+    }
+
+    /// Every request received so far.
+    pub fn requests(&self) -> Vec<Received> {
+        self.inner.lock().unwrap().requests.clone()
+    }
+
+    /// How many times each event_id was accepted.
+    pub fn accepted(&self) -> HashMap<String, usize> {
+        self.inner.lock().unwrap().accepted.clone()
+    }
+
+    /// The accepted copy of an event.
+    pub fn event(&self, event_id: &str) -> Option<Value> {
+        self.inner.lock().unwrap().events.get(event_id).cloned()
+    }
+
+    /// Every event_id carried by any request (accepted or not), with repeats.
+    pub fn event_ids_seen(&self) -> Vec<String> {
+        self.requests()
+            .iter()
+            .flat_map(|r| {
+                r.body["data"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|e| e["event_id"].as_str().unwrap_or_default().to_owned())
+            })
+            .collect()
+    }
+}
