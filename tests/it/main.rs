@@ -5,4 +5,5 @@ mod database;
 mod ingest;
 mod ingest_binary;
 mod meta_sender;
+mod meta_sender_binary;
 mod topology;
