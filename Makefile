@@ -26,19 +26,9 @@ build:
 release:
 	$(CARGO) build --release --workspace --bins
 
-## Run the pipeline: migrate, declare the topology, start ingest in the foreground.
+## Run the pipeline: migrate, declare the topology, start the senders and ingest.
 run: services release
-	@./target/release/leadpipe migrate
-	@./target/release/leadpipe topology apply >/dev/null
-	@echo ""
-	@echo "leadpipe ingest is starting on http://$(INGEST_ADDR) (namespace $(LEADPIPE_NAMESPACE))."
-	@echo "Send the sample lead from another terminal:"
-	@echo ""
-	@echo "    SITE_WIDGET_SECRET=$(SITE_WIDGET_SECRET) ./target/release/leadpipe send examples/lead.json --source site-widget"
-	@echo ""
-	@echo "Ctrl-C stops it."
-	@echo ""
-	@./target/release/ingest
+	@scripts/run.sh
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -31,6 +31,10 @@ pub(crate) struct SendArgs {
     /// Send each line this many times (load generation).
     #[arg(long, default_value_t = 1)]
     repeat: usize,
+    /// Set each event's `occurred_at` to now (a sample file stays inside the destinations'
+    /// age windows; the derived event_id changes with it).
+    #[arg(long)]
+    now: bool,
 }
 
 pub(crate) async fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
@@ -48,9 +52,16 @@ pub(crate) async fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
         .filter(|(_, l)| !l.trim().is_empty())
         .map(|(i, l)| (i + 1, l.to_owned()))
         .collect();
-    for (n, line) in &lines {
-        serde_json::from_str::<serde_json::Value>(line)
+    let mut lines = lines;
+    for (n, line) in &mut lines {
+        let mut value = serde_json::from_str::<serde_json::Value>(line)
             .with_context(|| format!("{} line {n} is not JSON", args.file.display()))?;
+        if args.now
+            && let Some(obj) = value.as_object_mut()
+        {
+            obj.insert("occurred_at".into(), chrono::Utc::now().to_rfc3339().into());
+            *line = value.to_string();
+        }
     }
     let total = (lines.len() * args.repeat) as u64;
     let client = reqwest::Client::builder()

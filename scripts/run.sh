@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# `make run`: the pipeline on this machine — ingest in the foreground, the senders in the
+# background (DRY_RUN where a destination's credentials are absent), all stopped together.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bin=./target/release
+mkdir -p .run
+
+$bin/leadpipe migrate
+$bin/leadpipe topology apply >/dev/null
+
+pids=()
+stop() {
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap stop EXIT INT TERM
+
+$bin/meta-sender >.run/meta-sender.log 2>&1 &
+pids+=($!)
+
+cat <<MSG
+
+leadpipe is running (namespace ${LEADPIPE_NAMESPACE}):
+  ingest        http://${INGEST_ADDR}        (logs below)
+  meta-sender   http://127.0.0.1:9101/readyz  (logs in .run/meta-sender.log)$( [ -z "${META_ACCESS_TOKEN:-}" ] && echo ", DRY_RUN: META_PIXEL_ID/META_ACCESS_TOKEN not set")
+
+Send the sample lead from another terminal:
+
+    SITE_WIDGET_SECRET=${SITE_WIDGET_SECRET} $bin/leadpipe send examples/lead.json --source site-widget --now
+
+then see what each destination did with it:
+
+    psql ${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/leadpipe} -c 'select destination, event_id, status, attempts from deliveries'
+
+Ctrl-C stops everything.
+
+MSG
+$bin/ingest
