@@ -48,3 +48,4 @@ test: services
 bench: services
 	$(CARGO) build --release --workspace --bins
 	$(CARGO) bench -p leadpipe-tests --bench ingest
+	$(CARGO) bench -p leadpipe-tests --bench meta_sender

@@ -17,7 +17,10 @@ fn spawn_binary(p: &Pipeline) -> tokio::process::Child {
         .env("AMQP_URL", leadpipe_tests::amqp_url())
         .env("DATABASE_URL", &p.database_url)
         .env("LEADPIPE_NAMESPACE", p.names.namespace())
-        .env("LEADPIPE_CONFIG", format!("{}/../config/leadpipe.toml", env!("CARGO_MANIFEST_DIR")))
+        .env(
+            "LEADPIPE_CONFIG",
+            format!("{}/../config/leadpipe.toml", env!("CARGO_MANIFEST_DIR")),
+        )
         .env("METRICS_ADDR", format!("127.0.0.1:{port}"))
         .env("META_API_BASE_URL", &p.meta.base_url)
         .env("META_PIXEL_ID", "1234567890")
@@ -46,7 +49,12 @@ async fn a_sender_killed_mid_batch_and_restarted_delivers_every_event_with_its_o
 
     // Act: SIGKILL while requests are under way.
     let mut child = spawn_binary(&p);
-    assert!(eventually(Duration::from_secs(30), || async { p.meta.requests().len() >= 2 }).await);
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            p.meta.requests().len() >= 2
+        })
+        .await
+    );
     child.start_kill().unwrap();
     child.wait().await.unwrap();
     let before = p.meta.requests().len();
@@ -55,12 +63,20 @@ async fn a_sender_killed_mid_batch_and_restarted_delivers_every_event_with_its_o
 
     // Assert: every event delivered; any resend carried the same event_id (the key Meta
     // dedupes on), and nothing was dead-lettered.
-    assert!(p.meta.requests().len() > before, "the restarted sender did the rest");
+    assert!(
+        p.meta.requests().len() > before,
+        "the restarted sender did the rest"
+    );
     let accepted = p.meta.accepted();
     assert_eq!(accepted.keys().cloned().collect::<HashSet<_>>(), ids);
     let seen: HashSet<String> = p.meta.event_ids_seen().into_iter().collect();
     assert_eq!(seen, ids, "a request carried an id that is not the event's");
-    assert_eq!(p.broker.depth(&p.names.dead_letter_queue(Destination::Meta)).await, 0);
+    assert_eq!(
+        p.broker
+            .depth(&p.names.dead_letter_queue(Destination::Meta))
+            .await,
+        0
+    );
     child.start_kill().unwrap();
     let _ = child.wait().await;
     p.cleanup().await;
@@ -76,11 +92,19 @@ async fn sigterm_drains_in_flight_work_and_exits_cleanly_losing_nothing() {
         ids.insert(p.publish(&recent_lead(&format!("L-t{i}"))).await);
     }
     let mut child = spawn_binary(&p);
-    assert!(eventually(Duration::from_secs(30), || async { !p.meta.requests().is_empty() }).await);
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            !p.meta.requests().is_empty()
+        })
+        .await
+    );
 
     // Act
     let pid = child.id().unwrap().to_string();
-    std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
     let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
         .await
         .expect("meta-sender exits within 30 s of SIGTERM")
@@ -90,7 +114,10 @@ async fn sigterm_drains_in_flight_work_and_exits_cleanly_losing_nothing() {
     assert!(status.success(), "{status:?}");
     let sender = p.start_meta(SenderOptions::default()).await;
     p.wait_count("sent", 100, Duration::from_secs(60)).await;
-    assert_eq!(p.meta.accepted().keys().cloned().collect::<HashSet<_>>(), ids);
+    assert_eq!(
+        p.meta.accepted().keys().cloned().collect::<HashSet<_>>(),
+        ids
+    );
     sender.stop().await;
     p.cleanup().await;
 }

@@ -1,0 +1,254 @@
+//! `make bench` — meta-sender throughput against the consumer runtime's own ceiling.
+//!
+//! In one run, against one database seeded with 1,000,000 delivery rows (analysed, so the
+//! planner sees a production-sized table):
+//! 1. **chassis ceiling**: the runtime with a null destination (consume, batch claim in
+//!    Postgres, outcome commit, one multiple ack per batch; no HTTP);
+//! 2. **meta-sender, CPU-bound**: the fake Meta answers at once; one replica, then two;
+//! 3. **meta-sender, destination-bound**: the fake answers after 50 ms; one replica, then two.
+//!
+//! Each run preloads its own namespace's queue, then times the drain.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use leadpipe_bus::{Destination, Names, OutgoingMessage, Publisher, PublisherSettings};
+use leadpipe_consumer::{Adapter, Item, Outcome, Prepared, Sender};
+use leadpipe_events::Envelope;
+use leadpipe_tests::fake_meta::FakeMeta;
+use leadpipe_tests::{
+    Pipeline, SenderOptions, amqp_url, envelope_of, recent_lead, unique_namespace,
+};
+
+const EVENTS: usize = 30_000;
+const SEED_ROWS: i64 = 1_000_000;
+
+/// A destination that accepts everything at once: what is left is the chassis.
+struct NullAdapter(Arc<AtomicUsize>);
+
+impl Adapter for NullAdapter {
+    type Prepared = ();
+    fn destination(&self) -> Destination {
+        Destination::Meta
+    }
+    fn max_batch(&self) -> usize {
+        500
+    }
+    fn prepare(&self, _: &Envelope) -> Prepared<()> {
+        Prepared::Send(())
+    }
+    async fn send(&self, items: Vec<Item<()>>) -> Vec<Outcome> {
+        self.0.fetch_add(items.len(), Ordering::Relaxed);
+        vec![
+            Outcome::Sent {
+                reference: None,
+                http_status: Some(200)
+            };
+            items.len()
+        ]
+    }
+    async fn probe(&self) -> bool {
+        true
+    }
+}
+
+async fn preload(names: &Names, run: &str) {
+    let stop = CancellationToken::new();
+    let publisher = Publisher::start(
+        PublisherSettings::new(amqp_url(), "bench-preload"),
+        names.clone(),
+        stop.clone(),
+    );
+    assert!(publisher.wait_ready(Duration::from_secs(20)).await);
+    let bodies: Vec<(String, Vec<u8>)> = (0..EVENTS)
+        .map(|i| {
+            let env = envelope_of(&recent_lead(&format!("{run}-{i}")));
+            (env.event_id.clone(), serde_json::to_vec(&env).unwrap())
+        })
+        .collect();
+    let exchange = names.events_exchange();
+    futures::stream::iter(bodies.iter())
+        .for_each_concurrent(64, |(id, body)| {
+            let (publisher, exchange) = (&publisher, &exchange);
+            async move {
+                publisher
+                    .publish(&OutgoingMessage {
+                        exchange,
+                        routing_key: "lead.site-widget",
+                        body,
+                        message_id: id,
+                        headers: Default::default(),
+                        expiration_ms: None,
+                    })
+                    .await
+                    .unwrap();
+            }
+        })
+        .await;
+    stop.cancel();
+    // Only the meta queue matters here; empty the others so the broker holds less.
+    let broker = leadpipe_tests::Broker::connect(names.clone()).await;
+    for d in [Destination::Ga4, Destination::GoogleAds, Destination::Crm] {
+        let _ = broker
+            .channel
+            .queue_purge(names.work_queue(d).as_str().into(), Default::default())
+            .await;
+    }
+}
+
+async fn wait_until(count: impl Fn() -> usize) -> Duration {
+    let started = Instant::now();
+    while count() < EVENTS {
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "drain stalled at {}",
+            count()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    started.elapsed()
+}
+
+#[tokio::main]
+async fn main() {
+    // One database for every run, seeded and analysed.
+    let p = Pipeline::new().await;
+    let seed_started = Instant::now();
+    sqlx::query(
+        "INSERT INTO deliveries (destination, event_id, status, attempts, event_name, source, sent_at)
+         SELECT 'meta', md5(g::text), 'sent', 1, 'lead', 'seed', now() FROM generate_series(1, $1) g",
+    )
+    .bind(SEED_ROWS)
+    .execute(&p.pool)
+    .await
+    .unwrap();
+    sqlx::query("ANALYZE deliveries")
+        .execute(&p.pool)
+        .await
+        .unwrap();
+    println!(
+        "meta-sender benchmark — {} CPUs, {EVENTS} events per run, delivery table seeded with {SEED_ROWS} rows in {:.1}s",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
+        seed_started.elapsed().as_secs_f64()
+    );
+
+    // 1. Chassis ceiling.
+    let names = Names::new(unique_namespace("bc"));
+    preload(&names, "ceiling").await;
+    let mut settings = p.meta_settings(&SenderOptions::default()).runtime;
+    settings.amqp.namespace = names.namespace().to_owned();
+    let done = Arc::new(AtomicUsize::new(0));
+    let stop = CancellationToken::new();
+    let sender = Sender::build(settings, NullAdapter(done.clone()), stop.clone())
+        .await
+        .unwrap();
+    let handle = tokio::spawn(sender.run_until_stopped(stop.clone()));
+    let took = wait_until(|| done.load(Ordering::Relaxed)).await;
+    stop.cancel();
+    let _ = handle.await;
+    leadpipe_tests::Broker::connect(names).await.delete().await;
+    let ceiling = EVENTS as f64 / took.as_secs_f64();
+    println!(
+        "\nchassis ceiling (null destination, batches of 500, 2 channels): {ceiling:.0} events/s"
+    );
+
+    // 2–3. meta-sender against the fake.
+    println!("\nmeta-sender against a fake Meta:");
+    println!(
+        "  {:<28} {:>9} {:>10} {:>12}",
+        "run", "replicas", "events/s", "vs ceiling"
+    );
+    let mut results = Vec::new();
+    for (label, latency, opts) in [
+        (
+            "fake answers at once",
+            Duration::ZERO,
+            SenderOptions::default(),
+        ),
+        (
+            "fake answers after 50 ms",
+            Duration::from_millis(50),
+            SenderOptions {
+                batch_size: 100,
+                ..SenderOptions::default()
+            },
+        ),
+    ] {
+        for replicas in [1usize, 2] {
+            let names = Names::new(unique_namespace("bm"));
+            preload(
+                &names,
+                &format!("{}-{replicas}-{}", latency.as_millis(), names.namespace()),
+            )
+            .await;
+            let fake = FakeMeta::start(leadpipe_tests::META_TOKEN).await;
+            fake.set_latency(latency);
+            let mut settings = p.meta_settings(&opts);
+            settings.base_url = fake.base_url.clone();
+            settings.runtime.amqp.namespace = names.namespace().to_owned();
+            if !latency.is_zero() {
+                // Destination-bound: one request at a time per replica.
+                settings.runtime.concurrency = 1;
+            }
+            let stop = CancellationToken::new();
+            let mut handles = Vec::new();
+            for _ in 0..replicas {
+                let sender = Sender::build(
+                    settings.runtime.clone(),
+                    leadpipe_meta_sender::MetaAdapter::new(settings.clone()),
+                    stop.clone(),
+                )
+                .await
+                .unwrap();
+                handles.push(tokio::spawn(sender.run_until_stopped(stop.clone())));
+            }
+            let took = wait_until(|| fake.accepted().len()).await;
+            stop.cancel();
+            for h in handles {
+                let _ = h.await;
+            }
+            leadpipe_tests::Broker::connect(names).await.delete().await;
+            let rate = EVENTS as f64 / took.as_secs_f64();
+            println!(
+                "  {label:<28} {replicas:>9} {rate:>10.0} {:>11.0}%",
+                100.0 * rate / ceiling
+            );
+            results.push(rate);
+        }
+    }
+    println!("\nsummary:");
+    println!(
+        "  one replica (fake at once) / chassis ceiling = {:.0}% (target >= 50%) {}",
+        100.0 * results[0] / ceiling,
+        if results[0] >= 0.5 * ceiling {
+            "PASS"
+        } else {
+            "MISS"
+        }
+    );
+    println!(
+        "  two replicas / one, CPU-bound = {:.2}x (target >= 1.0x) {}",
+        results[1] / results[0],
+        if results[1] >= results[0] * 0.95 {
+            "PASS"
+        } else {
+            "MISS"
+        }
+    );
+    println!(
+        "  two replicas / one, fake after 50 ms = {:.2}x (target >= 1.8x) {}",
+        results[3] / results[2],
+        if results[3] >= 1.8 * results[2] {
+            "PASS"
+        } else {
+            "MISS"
+        }
+    );
+    p.cleanup().await;
+}
