@@ -141,7 +141,10 @@ async fn consume<A: Adapter>(
     let mut paused = shared.paused.subscribe();
     let batch_size = s.batch_size.min(shared.adapter.max_batch()).max(1);
     let result = loop {
+        // Biased: a pause or shutdown wins over a waiting delivery, so nothing new is taken
+        // once either is decided.
         let first = tokio::select! {
+            biased;
             _ = shutdown.cancelled() => break Ok(()),
             _ = paused.wait_for(|p| *p) => break Ok(()),
             d = consumer.next() => d,
@@ -213,6 +216,14 @@ fn header_u32(table: Option<&FieldTable>, name: &str) -> u32 {
         AMQPValue::LongInt(n) => u32::try_from(*n).unwrap_or(0),
         AMQPValue::LongUInt(n) => *n,
         _ => 0,
+    }
+}
+
+fn header_str(table: Option<&FieldTable>, name: &str) -> Option<String> {
+    match table?.inner().get(name)? {
+        AMQPValue::LongString(s) => Some(s.to_string()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        _ => None,
     }
 }
 
@@ -604,6 +615,17 @@ async fn acknowledge<A: Adapter>(shared: &Arc<Shared<A>>, slots: &[Slot]) -> any
             Some(Action::Requeue) | None => "requeued",
         };
         metrics.deliveries.with_label_values(&[label]).inc();
+        // One span per event, carrying the trace context that came with the message.
+        let span = tracing::info_span!(
+            "delivery",
+            destination = shared.adapter.destination().as_str(),
+            event_id = slot.envelope.as_ref().map(|e| e.event_id.as_str()).unwrap_or(""),
+            attempt = slot.attempts + 1,
+            traceparent = header_str(slot.delivery.properties.headers().as_ref(), headers::TRACEPARENT)
+                .as_deref()
+                .unwrap_or(""),
+        );
+        span.in_scope(|| tracing::debug!(result = label, "delivery decided"));
     }
     let requeue: HashSet<u64> = slots
         .iter()
