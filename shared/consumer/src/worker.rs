@@ -619,11 +619,18 @@ async fn acknowledge<A: Adapter>(shared: &Arc<Shared<A>>, slots: &[Slot]) -> any
         let span = tracing::info_span!(
             "delivery",
             destination = shared.adapter.destination().as_str(),
-            event_id = slot.envelope.as_ref().map(|e| e.event_id.as_str()).unwrap_or(""),
-            attempt = slot.attempts + 1,
-            traceparent = header_str(slot.delivery.properties.headers().as_ref(), headers::TRACEPARENT)
-                .as_deref()
+            event_id = slot
+                .envelope
+                .as_ref()
+                .map(|e| e.event_id.as_str())
                 .unwrap_or(""),
+            attempt = slot.attempts + 1,
+            traceparent = header_str(
+                slot.delivery.properties.headers().as_ref(),
+                headers::TRACEPARENT
+            )
+            .as_deref()
+            .unwrap_or(""),
         );
         span.in_scope(|| tracing::debug!(result = label, "delivery decided"));
     }
