@@ -513,6 +513,8 @@ pub struct SenderOptions {
     pub lease: Duration,
     /// `MAX_ATTEMPTS`.
     pub max_attempts: u32,
+    /// `AMQP_URL` (a [`TcpProxy`] to take the broker away from this sender only).
+    pub amqp_url: Option<String>,
 }
 
 impl Default for SenderOptions {
@@ -524,6 +526,7 @@ impl Default for SenderOptions {
             batch_max_wait: Duration::from_millis(100),
             lease: Duration::from_secs(2),
             max_attempts: 10,
+            amqp_url: None,
         }
     }
 }
@@ -618,7 +621,7 @@ impl Pipeline {
     pub fn meta_settings(&self, opts: &SenderOptions) -> leadpipe_meta_sender::cfg::Settings {
         let mut runtime = leadpipe_consumer::RuntimeSettings::defaults(
             AmqpSettings {
-                url: amqp_url(),
+                url: opts.amqp_url.clone().unwrap_or_else(amqp_url),
                 namespace: self.names.namespace().to_owned(),
             },
             leadpipe_config::DatabaseSettings {

@@ -6,4 +6,5 @@ mod ingest;
 mod ingest_binary;
 mod meta_sender;
 mod meta_sender_binary;
+mod runtime;
 mod topology;

@@ -41,6 +41,13 @@ pub enum Outcome {
         /// HTTP status of the response.
         http_status: Option<u16>,
     },
+    /// Taken by a destination that reports each event's outcome later (Google's Data Manager
+    /// API): recorded `accepted` with the request's reference; a poller later calls
+    /// [`crate::store::Store::resolve`].
+    Accepted {
+        /// The destination's request id, for the poller.
+        reference: Option<String>,
+    },
     /// `DRY_RUN`: the exact request was built and recorded, nothing sent. The payload must hold
     /// hashed identifiers only.
     DryRun {
@@ -71,7 +78,9 @@ impl Outcome {
     /// Whether a request to the destination was made for it (counted as an attempt).
     pub fn made_request(&self) -> bool {
         match self {
-            Self::Sent { .. } | Self::Retry { .. } | Self::Systemic(_) => true,
+            Self::Sent { .. } | Self::Accepted { .. } | Self::Retry { .. } | Self::Systemic(_) => {
+                true
+            }
             Self::Permanent(f) => f.http_status.is_some(),
             _ => false,
         }

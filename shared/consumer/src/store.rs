@@ -224,4 +224,43 @@ impl Store {
         .await?;
         Ok(())
     }
+
+    /// Events this destination accepted and has not given a verdict on, oldest first, with
+    /// their references (for a poller).
+    pub async fn awaiting(&self, limit: i64) -> sqlx::Result<Vec<(String, Option<String>)>> {
+        sqlx::query_as(
+            "SELECT event_id, destination_ref FROM deliveries
+             WHERE destination = $1 AND status = 'accepted'
+             ORDER BY updated_at LIMIT $2",
+        )
+        .bind(self.destination)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    /// A poller's verdict on an `accepted` event: `sent`, or `dead_lettered` with the
+    /// destination's reason. Returns whether the row was still awaiting one.
+    pub async fn resolve(
+        &self,
+        event_id: &str,
+        status: DeliveryStatus,
+        error_code: Option<&str>,
+        error_message: Option<&str>,
+    ) -> sqlx::Result<bool> {
+        let done = sqlx::query(
+            "UPDATE deliveries SET status = $3, last_error_code = $4, last_error_message = $5,
+                    sent_at = CASE WHEN $3 = 'sent' THEN now() ELSE sent_at END,
+                    updated_at = now()
+             WHERE destination = $1 AND event_id = $2 AND status = 'accepted'",
+        )
+        .bind(self.destination)
+        .bind(event_id)
+        .bind(status.as_str())
+        .bind(error_code)
+        .bind(error_message)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
 }

@@ -412,6 +412,11 @@ async fn process_batch<A: Adapter>(
                 record.http_status = http_status;
                 Action::Ack("success")
             }
+            Outcome::Accepted { reference } => {
+                record.status = Some(DeliveryStatus::Accepted);
+                record.reference = reference;
+                Action::Ack("accepted")
+            }
             Outcome::DryRun { payload } => {
                 record.status = Some(DeliveryStatus::DryRun);
                 record.payload = Some(payload);

@@ -42,6 +42,8 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 pub enum DeliveryStatus {
     /// Claimed by a worker whose request is under way (with a lease).
     InFlight,
+    /// Taken by a destination that reports the event's outcome later; a poller resolves it.
+    Accepted,
     /// The destination accepted it.
     Sent,
     /// Waiting in a delay queue for its next attempt.
@@ -60,8 +62,9 @@ pub enum DeliveryStatus {
 
 impl DeliveryStatus {
     /// Every status.
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 9] = [
         Self::InFlight,
+        Self::Accepted,
         Self::Sent,
         Self::Retrying,
         Self::DeadLettered,
@@ -75,6 +78,7 @@ impl DeliveryStatus {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::InFlight => "in_flight",
+            Self::Accepted => "accepted",
             Self::Sent => "sent",
             Self::Retrying => "retrying",
             Self::DeadLettered => "dead_lettered",
@@ -91,7 +95,7 @@ impl DeliveryStatus {
     }
 
     /// Whether the event is done with for this destination: a redelivery is acked without a
-    /// request.
+    /// request (`accepted` included: the destination has it, only its verdict is pending).
     pub fn is_final(self) -> bool {
         !matches!(self, Self::InFlight | Self::Retrying)
     }
@@ -169,5 +173,6 @@ mod tests {
             .filter(|s| !s.is_final())
             .collect();
         assert_eq!(open, [DeliveryStatus::InFlight, DeliveryStatus::Retrying]);
+        assert!(DeliveryStatus::Accepted.is_final());
     }
 }

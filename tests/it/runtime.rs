@@ -1,0 +1,134 @@
+//! The consumer runtime itself, with test adapters and a cuttable broker connection.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use leadpipe_bus::Destination;
+use leadpipe_consumer::store::Store;
+use leadpipe_consumer::{Adapter, Item, Outcome, Prepared, Sender};
+use leadpipe_db::DeliveryStatus;
+use leadpipe_events::Envelope;
+use leadpipe_tests::{Pipeline, SenderOptions, TcpProxy, eventually, recent_lead};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// A destination that takes requests and reports outcomes later (like Data Manager).
+struct LaterAdapter(Arc<AtomicUsize>);
+
+impl Adapter for LaterAdapter {
+    type Prepared = ();
+    fn destination(&self) -> Destination {
+        Destination::GoogleAds
+    }
+    fn max_batch(&self) -> usize {
+        100
+    }
+    fn prepare(&self, _: &Envelope) -> Prepared<()> {
+        Prepared::Send(())
+    }
+    async fn send(&self, items: Vec<Item<()>>) -> Vec<Outcome> {
+        self.0.fetch_add(items.len(), Ordering::SeqCst);
+        items
+            .iter()
+            .map(|_| Outcome::Accepted {
+                reference: Some("requests/42".into()),
+            })
+            .collect()
+    }
+    async fn probe(&self) -> bool {
+        true
+    }
+}
+
+#[tokio::test]
+async fn an_event_accepted_for_later_confirmation_is_not_resent_and_a_poller_resolves_it() {
+    // Arrange
+    let p = Pipeline::new().await;
+    let event = recent_lead("L-later");
+    let id = p.publish(&event).await;
+    let sends = Arc::new(AtomicUsize::new(0));
+    let mut settings = p.meta_settings(&SenderOptions::default()).runtime;
+    settings.batch_max_wait = Duration::from_millis(50);
+    let stop = CancellationToken::new();
+    let sender = Sender::build(settings.clone(), LaterAdapter(sends.clone()), stop.clone())
+        .await
+        .unwrap();
+    let handle = tokio::spawn(sender.run_until_stopped(stop.clone()));
+    let store = Store::new(
+        p.pool.clone(),
+        "google_ads",
+        "poller".into(),
+        settings.lease,
+    );
+    let status = || async {
+        sqlx::query_as::<_, (String,)>(
+            "SELECT status FROM deliveries WHERE destination='google_ads' AND event_id=$1",
+        )
+        .bind(&id)
+        .fetch_optional(&p.pool)
+        .await
+        .unwrap()
+        .map(|r| r.0)
+    };
+
+    // Act: accepted, then redelivered.
+    assert!(
+        eventually(WAIT, || async {
+            status().await.as_deref() == Some("accepted")
+        })
+        .await
+    );
+    p.publish(&event).await;
+    let queue = p.names.work_queue(Destination::GoogleAds);
+    assert!(eventually(WAIT, || async { p.broker.depth(&queue).await == 0 }).await);
+
+    // Assert: one request; the poller finds it and resolves it once.
+    assert_eq!(sends.load(Ordering::SeqCst), 1);
+    let awaiting = store.awaiting(10).await.unwrap();
+    assert_eq!(awaiting, vec![(id.clone(), Some("requests/42".to_owned()))]);
+    assert!(
+        store
+            .resolve(&id, DeliveryStatus::Sent, None, None)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .resolve(&id, DeliveryStatus::DeadLettered, Some("x"), None)
+            .await
+            .unwrap()
+    );
+    assert_eq!(status().await.as_deref(), Some("sent"));
+    stop.cancel();
+    let _ = handle.await;
+    p.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_sender_that_loses_the_broker_reconnects_by_itself_and_delivers() {
+    // Arrange: the sender reaches the broker through a proxy this test cuts.
+    let p = Pipeline::new().await;
+    let proxy = TcpProxy::to_broker().await;
+    let sender = p
+        .start_meta(SenderOptions {
+            amqp_url: Some(proxy.amqp_url()),
+            ..SenderOptions::default()
+        })
+        .await;
+
+    // Act
+    proxy.cut();
+    assert!(eventually(WAIT, || async { sender.readyz().await == 503 }).await);
+    let id = p.publish(&recent_lead("L-reconnect")).await;
+    proxy.restore();
+
+    // Assert
+    p.wait_status(&id, "sent", WAIT).await;
+    assert!(eventually(WAIT, || async { sender.readyz().await == 200 }).await);
+    assert_eq!(p.meta.accepted()[&id], 1);
+    sender.stop().await;
+    p.cleanup().await;
+}
