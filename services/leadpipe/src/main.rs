@@ -2,7 +2,8 @@
 //!
 //! # Layout
 //! - `migrate`: applies the database migrations (creating the database if needed).
-//! - `topology apply|delete`: declares (or removes) the namespace's exchanges and queues.
+//! - `topology apply|delete|definitions`: declares, removes or exports the namespace's
+//!   exchanges, queues and bindings.
 //! - `send`: signs and posts a JSONL file of events to ingest, with progress.
 
 #![forbid(unsafe_code)]
@@ -42,6 +43,8 @@ enum Command {
 enum TopologyAction {
     /// Declare every exchange, queue and binding (idempotent).
     Apply,
+    /// Print the topology as RabbitMQ definitions JSON (for `import_definitions`).
+    Definitions,
     /// Delete every queue and exchange of the namespace, messages included.
     Delete {
         /// Required: this drops every message in the namespace's queues.
@@ -77,6 +80,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Topology { action } => {
             let amqp = AmqpSettings::from_env()?;
             let names = Names::new(amqp.namespace.clone());
+            if let TopologyAction::Definitions = action {
+                let plan = topology::plan(&names, TopologySettings::default());
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&topology::definitions(&plan))?
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
             let conn = leadpipe_bus::connect(&amqp.url, "leadpipe-cli").await?;
             let channel = conn.create_channel().await?;
             match action {
@@ -98,6 +109,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     topology::delete(&channel, &names).await?;
                     println!("topology of namespace {:?} deleted", names.namespace());
                 }
+                TopologyAction::Definitions => {}
             }
             let _ = conn.close(200, "done".into()).await;
         }

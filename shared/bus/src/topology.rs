@@ -39,48 +39,162 @@ impl Default for TopologySettings {
     }
 }
 
-fn durable() -> QueueDeclareOptions {
-    QueueDeclareOptions {
-        durable: true,
-        ..QueueDeclareOptions::default()
-    }
+/// A queue argument value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Arg {
+    /// A string argument.
+    Text(String),
+    /// An integer argument.
+    Int(i64),
 }
 
-fn text(v: &str) -> AMQPValue {
-    AMQPValue::LongString(v.into())
+/// An exchange to declare.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExchangeSpec {
+    /// Its name.
+    pub name: String,
+    /// `topic` or `direct`.
+    pub kind: &'static str,
 }
 
-/// Arguments every quorum queue here shares. Quorum queues replicate and fsync before
-/// confirming, which is what makes a `202` durable (SPEC §1.1). At-least-once dead-lettering
-/// (which needs `reject-publish` overflow) keeps a dead letter until the DLQ has confirmed it,
-/// instead of the default at-most-once, which can drop it.
-fn quorum_args() -> FieldTable {
-    let mut t = FieldTable::default();
-    t.insert("x-queue-type".into(), text("quorum"));
-    t
+/// A queue to declare (always durable).
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueSpec {
+    /// Its name.
+    pub name: String,
+    /// Its `x-` arguments.
+    pub arguments: Vec<(&'static str, Arg)>,
 }
 
-fn dead_lettering(t: &mut FieldTable, exchange: &str, routing_key: Option<&str>) {
-    t.insert("x-dead-letter-exchange".into(), text(exchange));
+/// A binding from an exchange to a queue.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BindingSpec {
+    /// The exchange.
+    pub exchange: String,
+    /// The queue.
+    pub queue: String,
+    /// The binding key.
+    pub routing_key: String,
+}
+
+/// The whole topology of a namespace, as data: declared by [`declare`], exported by
+/// [`definitions`] (so `deploy/rabbitmq/definitions.json` can never drift from the code).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Plan {
+    /// Exchanges, in declaration order.
+    pub exchanges: Vec<ExchangeSpec>,
+    /// Queues, in declaration order (each DLQ before the queue that dead-letters to it).
+    pub queues: Vec<QueueSpec>,
+    /// Bindings.
+    pub bindings: Vec<BindingSpec>,
+}
+
+fn text(v: &str) -> Arg {
+    Arg::Text(v.to_owned())
+}
+
+/// Arguments of every queue here. Quorum queues replicate and fsync before confirming, which
+/// is what makes a `202` durable (SPEC §1.1).
+fn quorum() -> Vec<(&'static str, Arg)> {
+    vec![("x-queue-type", text("quorum"))]
+}
+
+/// At-least-once dead-lettering (which needs `reject-publish` overflow) keeps a dead letter
+/// until the target queue has confirmed it, instead of the default at-most-once, which can
+/// drop it.
+fn dead_lettering(args: &mut Vec<(&'static str, Arg)>, exchange: &str, routing_key: Option<&str>) {
+    args.push(("x-dead-letter-exchange", text(exchange)));
     if let Some(rk) = routing_key {
-        t.insert("x-dead-letter-routing-key".into(), text(rk));
+        args.push(("x-dead-letter-routing-key", text(rk)));
     }
-    t.insert("x-dead-letter-strategy".into(), text("at-least-once"));
-    t.insert("x-overflow".into(), text("reject-publish"));
+    args.push(("x-dead-letter-strategy", text("at-least-once")));
+    args.push(("x-overflow", text("reject-publish")));
+}
+
+/// The topology of `names`' namespace.
+pub fn plan(names: &Names, settings: TopologySettings) -> Plan {
+    let mut p = Plan::default();
+    for (name, kind) in [
+        (names.events_exchange(), "topic"),
+        (names.dead_letter_exchange(), "direct"),
+        (names.delay_exchange(), "topic"),
+        (names.redeliver_exchange(), "topic"),
+    ] {
+        p.exchanges.push(ExchangeSpec { name, kind });
+    }
+    let mut bind = |exchange: String, queue: &str, key: String| {
+        p.bindings.push(BindingSpec {
+            exchange,
+            queue: queue.to_owned(),
+            routing_key: key,
+        });
+    };
+    let mut queues = Vec::new();
+    for d in Destination::ALL {
+        // The dead-letter queue first, so that nothing dead-lettered is ever unroutable.
+        let dlq = names.dead_letter_queue(d);
+        queues.push(QueueSpec {
+            name: dlq.clone(),
+            arguments: quorum(),
+        });
+        bind(names.dead_letter_exchange(), &dlq, d.as_str().to_owned());
+
+        let work = names.work_queue(d);
+        let mut args = quorum();
+        dead_lettering(&mut args, &names.dead_letter_exchange(), Some(d.as_str()));
+        args.push((
+            "x-delivery-limit",
+            Arg::Int(i64::from(settings.delivery_limit)),
+        ));
+        queues.push(QueueSpec {
+            name: work.clone(),
+            arguments: args,
+        });
+        // Every event name reaches every destination: a destination skips what its mapping
+        // does not send, and custom event names need no new binding.
+        bind(names.events_exchange(), &work, "#".to_owned());
+        bind(
+            names.redeliver_exchange(),
+            &work,
+            format!("*.{}", d.as_str()),
+        );
+    }
+    for tier in DELAY_TIERS {
+        let q = names.delay_queue(tier);
+        let mut args = quorum();
+        // Expired messages keep their routing key `<tier>.<destination>`, which the
+        // redeliver exchange routes back to the destination's work queue.
+        dead_lettering(&mut args, &names.redeliver_exchange(), None);
+        args.push((
+            "x-message-ttl",
+            Arg::Int(i64::try_from(tier.as_millis()).unwrap_or(i64::MAX)),
+        ));
+        queues.push(QueueSpec {
+            name: q.clone(),
+            arguments: args,
+        });
+        bind(
+            names.delay_exchange(),
+            &q,
+            format!("{}.*", tier_label(tier)),
+        );
+    }
+    p.queues = queues;
+    p
 }
 
 /// Declares every exchange, queue and binding of `names`' namespace.
 pub async fn declare(channel: &Channel, names: &Names, settings: TopologySettings) -> Result<()> {
-    let exchanges = [
-        (names.events_exchange(), ExchangeKind::Topic),
-        (names.dead_letter_exchange(), ExchangeKind::Direct),
-        (names.delay_exchange(), ExchangeKind::Topic),
-        (names.redeliver_exchange(), ExchangeKind::Topic),
-    ];
-    for (name, kind) in exchanges {
+    let p = plan(names, settings);
+    for e in &p.exchanges {
+        let kind = if e.kind == "direct" {
+            ExchangeKind::Direct
+        } else {
+            ExchangeKind::Topic
+        };
         channel
             .exchange_declare(
-                name.as_str().into(),
+                e.name.as_str().into(),
                 kind,
                 ExchangeDeclareOptions {
                     durable: true,
@@ -90,87 +204,96 @@ pub async fn declare(channel: &Channel, names: &Names, settings: TopologySetting
             )
             .await
             .map_err(|source| Error::Declare {
-                what: format!("exchange {name}"),
+                what: format!("exchange {}", e.name),
                 source,
             })?;
     }
-
-    for d in Destination::ALL {
-        // The dead-letter queue first, so that nothing dead-lettered is ever unroutable.
-        let dlq = names.dead_letter_queue(d);
-        queue(channel, &dlq, quorum_args()).await?;
-        bind(channel, &dlq, &names.dead_letter_exchange(), d.as_str()).await?;
-
-        let work = names.work_queue(d);
-        let mut args = quorum_args();
-        dead_lettering(&mut args, &names.dead_letter_exchange(), Some(d.as_str()));
-        args.insert(
-            "x-delivery-limit".into(),
-            AMQPValue::LongLongInt(i64::from(settings.delivery_limit)),
-        );
-        queue(channel, &work, args).await?;
-        // Every event name reaches every destination: a destination skips what its mapping
-        // does not send, and custom event names need no new binding.
-        bind(channel, &work, &names.events_exchange(), "#").await?;
-        bind(
-            channel,
-            &work,
-            &names.redeliver_exchange(),
-            &format!("*.{}", d.as_str()),
-        )
-        .await?;
+    for q in &p.queues {
+        let mut args = FieldTable::default();
+        for (k, v) in &q.arguments {
+            let v = match v {
+                Arg::Text(s) => AMQPValue::LongString(s.as_str().into()),
+                Arg::Int(n) => AMQPValue::LongLongInt(*n),
+            };
+            args.insert((*k).into(), v);
+        }
+        channel
+            .queue_declare(
+                q.name.as_str().into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..QueueDeclareOptions::default()
+                },
+                args,
+            )
+            .await
+            .map_err(|source| Error::Declare {
+                what: format!(
+                    "queue {} (if it exists with other arguments, delete it or use another LEADPIPE_NAMESPACE)",
+                    q.name
+                ),
+                source,
+            })?;
     }
-
-    for tier in DELAY_TIERS {
-        let q = names.delay_queue(tier);
-        let mut args = quorum_args();
-        // Expired messages keep their routing key `<tier>.<destination>`, which the
-        // redeliver exchange routes back to the destination's work queue.
-        dead_lettering(&mut args, &names.redeliver_exchange(), None);
-        args.insert(
-            "x-message-ttl".into(),
-            AMQPValue::LongLongInt(i64::try_from(tier.as_millis()).unwrap_or(i64::MAX)),
-        );
-        queue(channel, &q, args).await?;
-        bind(
-            channel,
-            &q,
-            &names.delay_exchange(),
-            &format!("{}.*", tier_label(tier)),
-        )
-        .await?;
+    for b in &p.bindings {
+        channel
+            .queue_bind(
+                b.queue.as_str().into(),
+                b.exchange.as_str().into(),
+                b.routing_key.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|source| Error::Declare {
+                what: format!("binding {} -[{}]-> {}", b.exchange, b.routing_key, b.queue),
+                source,
+            })?;
     }
     tracing::info!(namespace = names.namespace(), "topology declared");
     Ok(())
 }
 
-async fn queue(channel: &Channel, name: &str, args: FieldTable) -> Result<()> {
-    channel
-        .queue_declare(name.into(), durable(), args)
-        .await
-        .map(|_| ())
-        .map_err(|source| Error::Declare {
-            what: format!(
-                "queue {name} (if it exists with other arguments, delete it or use another LEADPIPE_NAMESPACE)"
-            ),
-            source,
+/// The plan as a RabbitMQ definitions document (`rabbitmqctl import_definitions`, or the
+/// management plugin's `load_definitions`), for vhost `/`.
+pub fn definitions(plan: &Plan) -> serde_json::Value {
+    use serde_json::{Map, Value, json};
+    let exchanges: Vec<Value> = plan
+        .exchanges
+        .iter()
+        .map(|e| {
+            json!({"name": e.name, "vhost": "/", "type": e.kind, "durable": true,
+                   "auto_delete": false, "internal": false, "arguments": {}})
         })
-}
-
-async fn bind(channel: &Channel, queue: &str, exchange: &str, key: &str) -> Result<()> {
-    channel
-        .queue_bind(
-            queue.into(),
-            exchange.into(),
-            key.into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .map_err(|source| Error::Declare {
-            what: format!("binding {exchange} -[{key}]-> {queue}"),
-            source,
+        .collect();
+    let queues: Vec<Value> = plan
+        .queues
+        .iter()
+        .map(|q| {
+            let args: Map<String, Value> = q
+                .arguments
+                .iter()
+                .map(|(k, v)| {
+                    let v = match v {
+                        Arg::Text(s) => json!(s),
+                        Arg::Int(n) => json!(n),
+                    };
+                    ((*k).to_owned(), v)
+                })
+                .collect();
+            json!({"name": q.name, "vhost": "/", "durable": true, "auto_delete": false,
+                   "arguments": args})
         })
+        .collect();
+    let bindings: Vec<Value> = plan
+        .bindings
+        .iter()
+        .map(|b| {
+            json!({"source": b.exchange, "vhost": "/", "destination": b.queue,
+                   "destination_type": "queue", "routing_key": b.routing_key, "arguments": {}})
+        })
+        .collect();
+    json!({"exchanges": exchanges, "queues": queues, "bindings": bindings})
 }
 
 /// Number of ready messages in `queue` (a passive declare; fails if the queue does not exist).
@@ -209,4 +332,38 @@ pub fn tier_for(delay: Duration) -> Duration {
         .into_iter()
         .find(|t| *t >= delay)
         .unwrap_or(DELAY_TIERS[DELAY_TIERS.len() - 1])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_broker_definitions_match_the_code() {
+        let shipped: serde_json::Value =
+            serde_json::from_str(include_str!("../../../deploy/rabbitmq/definitions.json"))
+                .expect("valid JSON");
+        let generated = definitions(&plan(&Names::new("leadpipe"), TopologySettings::default()));
+        assert_eq!(
+            shipped, generated,
+            "regenerate with: leadpipe topology definitions > deploy/rabbitmq/definitions.json"
+        );
+    }
+
+    #[test]
+    fn every_work_queue_dead_letters_to_its_own_dlq_with_a_delivery_limit() {
+        let n = Names::new("x");
+        let p = plan(&n, TopologySettings { delivery_limit: 7 });
+        for d in Destination::ALL {
+            let q = p.queues.iter().find(|q| q.name == n.work_queue(d)).unwrap();
+            assert!(q.arguments.contains(&("x-delivery-limit", Arg::Int(7))));
+            assert!(
+                q.arguments
+                    .contains(&("x-dead-letter-routing-key", text(d.as_str())))
+            );
+            assert!(p.bindings.iter().any(|b| b.queue == n.dead_letter_queue(d)
+                && b.exchange == n.dead_letter_exchange()
+                && b.routing_key == d.as_str()));
+        }
+    }
 }
