@@ -384,6 +384,14 @@ impl TcpProxy {
         Self::start("127.0.0.1:5672".parse().unwrap()).await
     }
 
+    /// `url` (a `postgres://` or `amqp://` URL on 127.0.0.1) with its port replaced by the
+    /// proxy's.
+    pub fn rewrite(&self, url: &str) -> String {
+        let (head, tail) = url.split_once("127.0.0.1:").expect("a 127.0.0.1 URL");
+        let rest = tail.trim_start_matches(|c: char| c.is_ascii_digit());
+        format!("{head}127.0.0.1:{}{rest}", self.addr.port())
+    }
+
     /// An AMQP URL through the proxy.
     pub fn amqp_url(&self) -> String {
         format!("amqp://guest:guest@{}/%2f", self.addr)
@@ -515,6 +523,10 @@ pub struct SenderOptions {
     pub max_attempts: u32,
     /// `AMQP_URL` (a [`TcpProxy`] to take the broker away from this sender only).
     pub amqp_url: Option<String>,
+    /// `DATABASE_URL` (a [`TcpProxy`] to take the database away from this sender only).
+    pub database_url: Option<String>,
+    /// `PAUSE_AFTER_FAILED_BATCHES`.
+    pub pause_after_failed_batches: u32,
 }
 
 impl Default for SenderOptions {
@@ -527,6 +539,8 @@ impl Default for SenderOptions {
             lease: Duration::from_secs(2),
             max_attempts: 10,
             amqp_url: None,
+            database_url: None,
+            pause_after_failed_batches: 5,
         }
     }
 }
@@ -625,10 +639,14 @@ impl Pipeline {
                 namespace: self.names.namespace().to_owned(),
             },
             leadpipe_config::DatabaseSettings {
-                url: self.database_url.clone(),
+                url: opts
+                    .database_url
+                    .clone()
+                    .unwrap_or_else(|| self.database_url.clone()),
             },
             0,
         );
+        runtime.pause_after_failed_batches = opts.pause_after_failed_batches;
         runtime.metrics_addr = "127.0.0.1:0".parse().unwrap();
         runtime.batch_size = opts.batch_size;
         runtime.prefetch = u16::try_from(opts.batch_size).unwrap_or(u16::MAX);

@@ -132,3 +132,65 @@ async fn a_sender_that_loses_the_broker_reconnects_by_itself_and_delivers() {
     sender.stop().await;
     p.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_sender_that_loses_the_database_returns_its_batches_and_delivers_once_it_is_back() {
+    // Arrange: the sender reaches Postgres through a proxy this test cuts.
+    let p = Pipeline::new().await;
+    let proxy = TcpProxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    let sender = p
+        .start_meta(SenderOptions {
+            database_url: Some(proxy.rewrite(&p.database_url)),
+            ..SenderOptions::default()
+        })
+        .await;
+
+    // Act: events arrive while the database is away.
+    proxy.cut();
+    let id = p.publish(&recent_lead("L-db-down")).await;
+    let queue = p.names.work_queue(Destination::Meta);
+    let requeued = eventually(WAIT, || async {
+        sender.metrics().await.contains(r#"result="requeued""#)
+    })
+    .await;
+    proxy.restore();
+
+    // Assert: nothing was sent or lost meanwhile; delivered once the database is back.
+    assert!(requeued, "the batch was not returned to the queue");
+    p.wait_status(&id, "sent", WAIT).await;
+    assert_eq!(p.meta.accepted()[&id], 1);
+    assert!(eventually(WAIT, || async { p.broker.depth(&queue).await == 0 }).await);
+    sender.stop().await;
+    p.cleanup().await;
+}
+
+#[tokio::test]
+async fn when_every_request_keeps_failing_the_sender_pauses_then_resumes() {
+    // Arrange
+    let p = Pipeline::new().await;
+    p.meta
+        .script((0..6).map(|_| leadpipe_tests::fake_meta::Scripted::Status(503)));
+    let sender = p
+        .start_meta(SenderOptions {
+            pause_after_failed_batches: 2,
+            ..SenderOptions::default()
+        })
+        .await;
+
+    // Act
+    let id = p.publish(&recent_lead("L-all-failing")).await;
+    let paused = eventually(WAIT, || async { sender.readyz().await == 503 }).await;
+
+    // Assert: paused on "every request failing", then resumed and delivered, no DLQ.
+    assert!(paused);
+    p.wait_status(&id, "sent", WAIT).await;
+    assert!(eventually(WAIT, || async { sender.readyz().await == 200 }).await);
+    assert_eq!(
+        p.broker
+            .depth(&p.names.dead_letter_queue(Destination::Meta))
+            .await,
+        0
+    );
+    sender.stop().await;
+    p.cleanup().await;
+}

@@ -314,3 +314,25 @@ mod tests {
         assert_eq!(retry_after, Some(Duration::from_secs(3)));
     }
 }
+
+#[cfg(test)]
+mod body_tests {
+    use super::*;
+
+    #[test]
+    fn the_test_event_code_is_passed_through_at_the_top_level() {
+        let client = MetaClient {
+            http: reqwest::Client::new(),
+            url: "http://meta/v25.0/1/events".into(),
+            token: "t ok/+".into(),
+            test_event_code: Some("TEST123".into()),
+        };
+        let body = client.body(&[json!({"event_name": "Lead"})]);
+        assert_eq!(body["test_event_code"], "TEST123");
+        assert!(body["data"][0].get("test_event_code").is_none());
+        assert_eq!(
+            client.authed_url(),
+            "http://meta/v25.0/1/events?access_token=t%20ok%2F%2B"
+        );
+    }
+}

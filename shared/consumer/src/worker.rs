@@ -315,7 +315,7 @@ async fn process_batch<A: Adapter>(
         match shared.store.claim(&claims).await {
             Ok(c) => c,
             Err(e) => {
-                requeue_all(&slots).await;
+                requeue_all(shared, &slots).await;
                 return Err(anyhow::Error::new(e).context("claiming idempotency keys failed"));
             }
         }
@@ -494,7 +494,7 @@ async fn process_batch<A: Adapter>(
     }
 
     if let Err(e) = shared.store.record(&records).await {
-        requeue_all(&slots).await;
+        requeue_all(shared, &slots).await;
         shared.metrics.in_flight.sub(claim.claimed.len() as i64);
         return Err(anyhow::Error::new(e).context("recording outcomes failed"));
     }
@@ -668,7 +668,12 @@ async fn acknowledge<A: Adapter>(shared: &Arc<Shared<A>>, slots: &[Slot]) -> any
 }
 
 /// Gives every delivery of the batch back to the queue (infrastructure failure).
-async fn requeue_all(slots: &[Slot]) {
+async fn requeue_all<A: Adapter>(shared: &Shared<A>, slots: &[Slot]) {
+    shared
+        .metrics
+        .deliveries
+        .with_label_values(&["requeued"])
+        .inc_by(slots.len() as u64);
     for slot in slots {
         let _ = slot
             .delivery
