@@ -442,6 +442,18 @@ pub async fn fresh_database() -> (String, sqlx::PgPool) {
     (url, pool)
 }
 
+/// Drops a database made by [`fresh_database`] (closing anyone still connected).
+pub async fn drop_database(url: &str) {
+    let Some((server, name)) = url.rsplit_once('/') else {
+        return;
+    };
+    if let Ok(pool) = leadpipe_db::connect(&format!("{server}/postgres"), 1).await {
+        let sql = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
+        let _ = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&pool).await;
+        pool.close().await;
+    }
+}
+
 /// Path of a workspace binary (`ingest`, `leadpipe`), built by `cargo build --workspace`.
 pub fn bin_path(name: &str) -> PathBuf {
     // The test binary lives in target/<profile>/deps/.
@@ -740,9 +752,11 @@ impl Pipeline {
         assert!(ok, "wanted {n} rows {status}, have {}", count().await);
     }
 
-    /// Stops the publisher and deletes the namespace.
+    /// Stops the publisher, deletes the namespace and drops the database.
     pub async fn cleanup(self) {
         self.shutdown.cancel();
         self.broker.delete().await;
+        self.pool.close().await;
+        drop_database(&self.database_url).await;
     }
 }

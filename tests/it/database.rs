@@ -5,7 +5,7 @@ use leadpipe_tests::fresh_database;
 #[tokio::test]
 async fn migrations_create_the_delivery_log_and_apply_twice_without_change() {
     // Arrange
-    let (_, pool) = fresh_database().await;
+    let (url, pool) = fresh_database().await;
 
     // Act
     leadpipe_db::migrate(&pool).await.unwrap();
@@ -35,6 +35,8 @@ async fn migrations_create_the_delivery_log_and_apply_twice_without_change() {
     .execute(&pool)
     .await;
     assert!(bad_dest.is_err(), "unknown destinations must be refused");
+    pool.close().await;
+    leadpipe_tests::drop_database(&url).await;
 }
 
 #[tokio::test]
@@ -66,4 +68,6 @@ async fn the_migrate_command_creates_a_missing_database() {
         .await
         .unwrap();
     assert_eq!(n, 0);
+    pool.close().await;
+    leadpipe_tests::drop_database(&url).await;
 }
