@@ -442,6 +442,20 @@ pub async fn fresh_database() -> (String, sqlx::PgPool) {
     (url, pool)
 }
 
+/// Sends SIGTERM to `child` and returns its exit status, failing if it takes over 30 s
+/// (the services' shutdown promise).
+pub async fn sigterm_and_wait(child: &mut tokio::process::Child) -> std::process::ExitStatus {
+    let pid = child.id().expect("a running child").to_string();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill runs");
+    tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("the service exits within 30 s of SIGTERM")
+        .expect("wait succeeds")
+}
+
 /// Drops a database made by [`fresh_database`] (closing anyone still connected).
 pub async fn drop_database(url: &str) {
     let Some((server, name)) = url.rsplit_once('/') else {

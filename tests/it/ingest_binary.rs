@@ -112,15 +112,7 @@ async fn the_sample_lead_is_accepted_by_the_real_binary_which_exits_cleanly_on_s
     }
 
     // Act: SIGTERM.
-    let pid = child.id().unwrap().to_string();
-    std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
-        .await
-        .expect("ingest exits within 30 s of SIGTERM")
-        .unwrap();
+    let status = leadpipe_tests::sigterm_and_wait(&mut child).await;
 
     // Assert: a clean exit, and logs without PII.
     assert!(status.success());

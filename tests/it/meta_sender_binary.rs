@@ -100,15 +100,7 @@ async fn sigterm_drains_in_flight_work_and_exits_cleanly_losing_nothing() {
     );
 
     // Act
-    let pid = child.id().unwrap().to_string();
-    std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
-        .await
-        .expect("meta-sender exits within 30 s of SIGTERM")
-        .unwrap();
+    let status = leadpipe_tests::sigterm_and_wait(&mut child).await;
 
     // Assert: a clean exit; a fresh sender finishes the rest and nothing is lost.
     assert!(status.success(), "{status:?}");
