@@ -121,6 +121,7 @@ pub async fn spawn_ingest(opts: IngestOptions) -> TestIngest {
         custom_events: HashSet::from(["demo_booked".to_owned()]),
         max_body_bytes: leadpipe_ingest::cfg::DEFAULT_MAX_BODY_BYTES,
         confirm_timeout: opts.confirm_timeout,
+        publish_channels: 2,
     };
     let shutdown = CancellationToken::new();
     let app = Application::build(settings, shutdown.clone())

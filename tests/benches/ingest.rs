@@ -398,6 +398,11 @@ async fn main() {
         .env("LEADPIPE_NAMESPACE", names.namespace())
         .env("INGEST_ADDR", format!("127.0.0.1:{port}"))
         .env("AMQP_URL", amqp_url())
+        .envs(
+            std::env::var("INGEST_PUBLISH_CHANNELS")
+                .ok()
+                .map(|n| ("INGEST_PUBLISH_CHANNELS", n)),
+        )
         .stdout(Stdio::null())
         .kill_on_drop(true)
         .spawn()

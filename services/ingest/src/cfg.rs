@@ -34,6 +34,8 @@ pub struct Settings {
     /// `INGEST_CONFIRM_TIMEOUT_MS`: how long a request waits for the broker's confirm before
     /// it gets `503`.
     pub confirm_timeout: Duration,
+    /// `INGEST_PUBLISH_CHANNELS`: confirm-mode channels publishes are spread over.
+    pub publish_channels: usize,
 }
 
 impl Settings {
@@ -73,8 +75,17 @@ impl Settings {
                 "must be at least 1",
             ));
         }
+        let publish_channels: usize =
+            env::parse_or("INGEST_PUBLISH_CHANNELS", 1, "a number of channels")?;
+        if !(1..=64).contains(&publish_channels) {
+            return Err(ConfigError::invalid(
+                "INGEST_PUBLISH_CHANNELS",
+                "must be between 1 and 64",
+            ));
+        }
         Ok(Self {
             addr,
+            publish_channels,
             amqp: AmqpSettings::from_env()?,
             sources,
             custom_events: mapping.custom_event_names().map(str::to_owned).collect(),

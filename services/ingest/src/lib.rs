@@ -49,6 +49,7 @@ impl Application {
             .with_context(|| format!("cannot listen on INGEST_ADDR {}", settings.addr))?;
         let mut publisher_settings = PublisherSettings::new(settings.amqp.url.clone(), "ingest");
         publisher_settings.confirm_timeout = settings.confirm_timeout;
+        publisher_settings.channels = settings.publish_channels;
         let publisher = Publisher::start(
             publisher_settings,
             Names::new(settings.amqp.namespace.clone()),

@@ -56,8 +56,8 @@ pub struct PublisherSettings {
     pub max_reconnect_delay: Duration,
     /// Topology declared on every (re)connect.
     pub topology: TopologySettings,
-    /// Confirm-mode channels publishes are spread over. The broker runs each channel as one
-    /// process, so a few channels keep one busy channel from becoming the bottleneck.
+    /// Confirm-mode channels publishes are spread over (the broker runs each channel as one
+    /// process).
     pub channels: usize,
 }
 
@@ -71,7 +71,7 @@ impl PublisherSettings {
             min_reconnect_delay: Duration::from_millis(100),
             max_reconnect_delay: Duration::from_secs(5),
             topology: TopologySettings::default(),
-            channels: 4,
+            channels: 1,
         }
     }
 }
