@@ -1,6 +1,7 @@
 //! End-to-end tests against the real RabbitMQ and PostgreSQL. One module per area; each test
 //! uses its own namespace and database, so they run in parallel.
 
+mod cli;
 mod database;
 mod ingest;
 mod ingest_binary;

@@ -39,6 +39,8 @@ pub struct Received {
 #[derive(Default)]
 struct Inner {
     token: String,
+    /// Whether events with [`REJECTED_EMAIL`] are refused (the default).
+    accept_rejected: bool,
     script: VecDeque<Scripted>,
     latency: Duration,
     requests: Vec<Received>,
@@ -70,7 +72,7 @@ fn graph_error(code: i64, message: &str) -> Value {
 }
 
 /// Checks one event as Meta does; `Err` names the problem.
-fn check_event(e: &Value, now: i64) -> Result<(), String> {
+fn check_event(e: &Value, now: i64, accept_rejected: bool) -> Result<(), String> {
     if e["event_name"].as_str().is_none_or(str::is_empty) {
         return Err("event_name".into());
     }
@@ -126,7 +128,8 @@ fn check_event(e: &Value, now: i64) -> Result<(), String> {
     {
         return Err("Purchase needs value and currency".into());
     }
-    if u.get("em") == Some(&json!(leadpipe_events::sha256_hex(REJECTED_EMAIL))) {
+    if !accept_rejected && u.get("em") == Some(&json!(leadpipe_events::sha256_hex(REJECTED_EMAIL)))
+    {
         return Err("em rejected".into());
     }
     Ok(())
@@ -176,7 +179,7 @@ async fn events(
             return (400, graph_error(100, "unknown top-level field"), None);
         }
         for e in data {
-            if let Err(why) = check_event(e, now) {
+            if let Err(why) = check_event(e, now, g.accept_rejected) {
                 return (
                     400,
                     graph_error(100, &format!("Invalid parameter: {why}")),
@@ -222,6 +225,11 @@ impl FakeMeta {
         let base_url = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await });
         Self { base_url, inner }
+    }
+
+    /// Stop refusing [`REJECTED_EMAIL`] (the "fix" before a DLQ replay).
+    pub fn accept_rejected(&self) {
+        self.inner.lock().unwrap().accept_rejected = true;
     }
 
     /// Accept only `token` from now on.

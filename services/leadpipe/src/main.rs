@@ -5,10 +5,14 @@
 //! - `topology apply|delete|definitions`: declares, removes or exports the namespace's
 //!   exchanges, queues and bindings.
 //! - `send`: signs and posts a JSONL file of events to ingest, with progress.
+//! - `dlq stats|list|replay`: inspects and replays dead-letter queues.
+//! - `trace`: every destination's delivery of one event.
 
 #![forbid(unsafe_code)]
 
+mod dlq;
 mod send;
+mod trace;
 
 use std::process::ExitCode;
 
@@ -37,6 +41,44 @@ enum Command {
     },
     /// Sign and post every line of a JSONL file to ingest.
     Send(send::SendArgs),
+    /// Inspect and replay dead-letter queues.
+    Dlq {
+        #[command(subcommand)]
+        action: DlqAction,
+    },
+    /// Show every destination's delivery of one event.
+    Trace {
+        /// The event_id ingest returned.
+        event_id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqAction {
+    /// Messages per destination and error code.
+    Stats,
+    /// The messages of one destination's DLQ: ids and error headers, never bodies.
+    List {
+        /// meta, ga4, google_ads or crm.
+        destination: String,
+        /// Most messages to print.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Move messages back to the work queue (attempts reset, same event_id).
+    Replay {
+        /// meta, ga4, google_ads or crm.
+        destination: String,
+        /// Only messages with this x-leadpipe-error-code.
+        #[arg(long)]
+        error_code: Option<String>,
+        /// At most this many messages.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Show what would move, move nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -114,6 +156,29 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let _ = conn.close(200, "done".into()).await;
         }
         Command::Send(args) => return send::run(args).await,
+        Command::Trace { event_id } => return trace::run(&event_id).await,
+        Command::Dlq { action } => {
+            return match action {
+                DlqAction::Stats => dlq::stats().await,
+                DlqAction::List { destination, limit } => {
+                    dlq::list(dlq::destination(&destination)?, limit).await
+                }
+                DlqAction::Replay {
+                    destination,
+                    error_code,
+                    limit,
+                    dry_run,
+                } => {
+                    dlq::replay(
+                        dlq::destination(&destination)?,
+                        error_code.as_deref(),
+                        limit,
+                        dry_run,
+                    )
+                    .await
+                }
+            };
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

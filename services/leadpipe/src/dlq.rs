@@ -1,0 +1,240 @@
+//! `leadpipe dlq stats | list | replay`: inspect and replay dead-letter queues.
+//!
+//! Reading a DLQ never loses a message: `stats` and `list` read every message once and close
+//! the channel without acking, which returns them all; `replay` moves a message only after the
+//! broker confirmed it on its new queue, and walks the queue once (messages it keeps are moved
+//! to the DLQ's tail, so a pass never sees a message twice). Output never includes a body:
+//! only ids and the error headers, which carry no PII.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use futures::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use tokio_util::sync::CancellationToken;
+
+use leadpipe_bus::publisher::string_headers;
+use leadpipe_bus::{Destination, Names, OutgoingMessage, Publisher, PublisherSettings, headers};
+use leadpipe_config::{AmqpSettings, DatabaseSettings};
+
+fn header(d: &Delivery, name: &str) -> Option<String> {
+    match d.properties.headers().as_ref()?.inner().get(name)? {
+        AMQPValue::LongString(s) => Some(s.to_string()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        other => Some(format!("{other:?}")),
+    }
+}
+
+fn message_id(d: &Delivery) -> String {
+    d.properties
+        .message_id()
+        .as_ref()
+        .map(|m| m.to_string())
+        .unwrap_or_else(|| "(no id)".into())
+}
+
+/// Parses a destination argument, naming the valid ones.
+pub(crate) fn destination(s: &str) -> anyhow::Result<Destination> {
+    Destination::parse(s).ok_or_else(|| {
+        anyhow::anyhow!("unknown destination {s:?}: use meta, ga4, google_ads or crm")
+    })
+}
+
+/// Reads up to the queue's current depth of messages; the caller acks or drops the channel.
+async fn read_all(channel: &lapin::Channel, queue: &str) -> anyhow::Result<Vec<Delivery>> {
+    let depth = leadpipe_bus::topology::queue_depth(channel, queue).await? as usize;
+    if depth == 0 {
+        return Ok(Vec::new());
+    }
+    channel
+        .basic_qos(
+            u16::try_from(depth).unwrap_or(u16::MAX),
+            BasicQosOptions::default(),
+        )
+        .await?;
+    let mut consumer = channel
+        .basic_consume(
+            queue.into(),
+            format!("leadpipe-cli-{}", std::process::id()).into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let mut out = Vec::with_capacity(depth);
+    while out.len() < depth {
+        match tokio::time::timeout(Duration::from_secs(5), consumer.next()).await {
+            Ok(Some(Ok(d))) => out.push(d),
+            _ => break,
+        }
+    }
+    Ok(out)
+}
+
+/// `dlq stats`: messages per destination and error code.
+pub(crate) async fn stats() -> anyhow::Result<ExitCode> {
+    let amqp = AmqpSettings::from_env()?;
+    let names = Names::new(amqp.namespace.clone());
+    let conn = leadpipe_bus::connect(&amqp.url, "leadpipe-cli").await?;
+    println!(
+        "{:<11} {:<28} {:>8}",
+        "destination", "error code", "messages"
+    );
+    for d in Destination::ALL {
+        let channel = conn.create_channel().await?;
+        let messages = read_all(&channel, &names.dead_letter_queue(d)).await?;
+        let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+        for m in &messages {
+            let code = header(m, headers::ERROR_CODE)
+                // Dead-lettered by the broker itself (delivery limit), not by a sender.
+                .unwrap_or_else(|| "delivery_limit".into());
+            *counts.entry(code).or_default() += 1;
+        }
+        if counts.is_empty() {
+            println!("{:<11} {:<28} {:>8}", d.as_str(), "-", 0);
+        }
+        for (code, n) in counts {
+            println!("{:<11} {code:<28} {n:>8}", d.as_str());
+        }
+        // Closing without acks returns every message to the queue.
+        let _ = channel.close(200, "read only".into()).await;
+    }
+    let _ = conn.close(200, "done".into()).await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `dlq list <destination>`: one line per message, redacted.
+pub(crate) async fn list(dest: Destination, limit: usize) -> anyhow::Result<ExitCode> {
+    let amqp = AmqpSettings::from_env()?;
+    let names = Names::new(amqp.namespace.clone());
+    let conn = leadpipe_bus::connect(&amqp.url, "leadpipe-cli").await?;
+    let channel = conn.create_channel().await?;
+    let messages = read_all(&channel, &names.dead_letter_queue(dest)).await?;
+    println!(
+        "{} message(s) in {}",
+        messages.len(),
+        names.dead_letter_queue(dest)
+    );
+    for m in messages.iter().take(limit) {
+        println!(
+            "{}  code={} http={} attempts={} failed_at={}\n    {}",
+            message_id(m),
+            header(m, headers::ERROR_CODE).unwrap_or_else(|| "delivery_limit".into()),
+            header(m, headers::HTTP_STATUS).unwrap_or_else(|| "-".into()),
+            header(m, headers::ATTEMPTS).unwrap_or_else(|| "-".into()),
+            header(m, headers::FAILED_AT).unwrap_or_else(|| "-".into()),
+            header(m, headers::ERROR_MESSAGE).unwrap_or_else(|| "(no message)".into()),
+        );
+    }
+    let _ = channel.close(200, "read only".into()).await;
+    let _ = conn.close(200, "done".into()).await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `dlq replay <destination>`: moves matching messages back to the work queue with their
+/// attempts reset and the same event_id, and reopens their delivery log rows.
+pub(crate) async fn replay(
+    dest: Destination,
+    error_code: Option<&str>,
+    limit: Option<usize>,
+    dry_run: bool,
+) -> anyhow::Result<ExitCode> {
+    let amqp = AmqpSettings::from_env()?;
+    let names = Names::new(amqp.namespace.clone());
+    let dlq = names.dead_letter_queue(dest);
+    let work = names.work_queue(dest);
+    let conn = leadpipe_bus::connect(&amqp.url, "leadpipe-cli").await?;
+    let channel = conn.create_channel().await?;
+    let messages = read_all(&channel, &dlq).await?;
+    let code_of =
+        |m: &Delivery| header(m, headers::ERROR_CODE).unwrap_or_else(|| "delivery_limit".into());
+    let limit = limit.unwrap_or(usize::MAX);
+    let chosen: Vec<bool> = {
+        let mut n = 0;
+        messages
+            .iter()
+            .map(|m| {
+                let ok = error_code.is_none_or(|c| c == code_of(m)) && n < limit;
+                n += usize::from(ok);
+                ok
+            })
+            .collect()
+    };
+    let total = chosen.iter().filter(|c| **c).count();
+    if dry_run {
+        for (m, _) in messages.iter().zip(&chosen).filter(|(_, c)| **c) {
+            println!("would replay {} ({})", message_id(m), code_of(m));
+        }
+        println!(
+            "{total} of {} message(s) would be replayed to {work}",
+            messages.len()
+        );
+        let _ = channel.close(200, "dry run".into()).await;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let pool = leadpipe_db::connect(&DatabaseSettings::from_env().url, 1).await?;
+    let stop = CancellationToken::new();
+    let publisher = Publisher::start(
+        PublisherSettings::new(amqp.url.clone(), "leadpipe-cli-replay"),
+        names.clone(),
+        stop.clone(),
+    );
+    anyhow::ensure!(
+        publisher.wait_ready(Duration::from_secs(10)).await,
+        "cannot publish to RabbitMQ"
+    );
+    let (mut replayed, mut kept) = (0usize, 0usize);
+    for (m, replay) in messages.iter().zip(chosen) {
+        let id = message_id(m);
+        let traceparent = header(m, headers::TRACEPARENT);
+        if replay {
+            // Reopen the row first: if the move then fails, the event is still in the DLQ and
+            // a reopened row only means the next delivery of it is processed.
+            sqlx::query(
+                "UPDATE deliveries SET status = 'retrying', updated_at = now()
+                 WHERE destination = $1 AND event_id = $2 AND status = 'dead_lettered'",
+            )
+            .bind(dest.as_str())
+            .bind(&id)
+            .execute(&pool)
+            .await?;
+            // Fresh headers: attempts start again, error headers go, the trace stays.
+            let headers = string_headers(traceparent.map(|t| (headers::TRACEPARENT, t)));
+            publisher
+                .publish(&OutgoingMessage {
+                    exchange: "",
+                    routing_key: &work,
+                    body: &m.data,
+                    message_id: &id,
+                    headers,
+                    expiration_ms: None,
+                })
+                .await?;
+            replayed += 1;
+        } else {
+            // Not chosen: to the DLQ's tail, untouched, so this pass never meets it again.
+            publisher
+                .publish(&OutgoingMessage {
+                    exchange: &names.dead_letter_exchange(),
+                    routing_key: dest.as_str(),
+                    body: &m.data,
+                    message_id: &id,
+                    headers: m.properties.headers().clone().unwrap_or_default(),
+                    expiration_ms: None,
+                })
+                .await?;
+            kept += 1;
+        }
+        m.ack(BasicAckOptions::default()).await?;
+        if (replayed + kept) % 100 == 0 {
+            eprintln!("  {}/{} …", replayed + kept, messages.len());
+        }
+    }
+    stop.cancel();
+    println!("replayed {replayed} message(s) to {work}; {kept} left in {dlq}");
+    let _ = channel.close(200, "done".into()).await;
+    let _ = conn.close(200, "done".into()).await;
+    Ok(ExitCode::SUCCESS)
+}

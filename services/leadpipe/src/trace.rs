@@ -1,0 +1,57 @@
+//! `leadpipe trace <event_id>`: every destination's delivery log row for one event.
+
+use std::process::ExitCode;
+
+use chrono::{DateTime, Utc};
+
+use leadpipe_config::DatabaseSettings;
+
+type Row = (
+    String,
+    String,
+    i32,
+    Option<i32>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    DateTime<Utc>,
+    DateTime<Utc>,
+);
+
+pub(crate) async fn run(event_id: &str) -> anyhow::Result<ExitCode> {
+    let db = DatabaseSettings::from_env();
+    let pool = leadpipe_db::connect(&db.url, 1).await?;
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT destination, status, attempts, last_http_status, last_error_code,
+                last_error_message, destination_ref, first_seen_at, updated_at
+         FROM deliveries WHERE event_id = $1 ORDER BY destination",
+    )
+    .bind(event_id)
+    .fetch_all(&pool)
+    .await?;
+    if rows.is_empty() {
+        eprintln!(
+            "no delivery recorded for {event_id}: no sender has consumed it yet (it may still wait in \
+             the work queues), or the id is not one ingest returned"
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    println!("event {event_id}");
+    for (dest, status, attempts, http, code, message, reference, first, updated) in rows {
+        println!("  {dest:<11} {status:<16} attempts {attempts}");
+        println!("              first seen {first}, updated {updated}");
+        if let Some(http) = http {
+            println!("              last HTTP status {http}");
+        }
+        if let Some(code) = code {
+            println!(
+                "              last error {code}: {}",
+                message.unwrap_or_default()
+            );
+        }
+        if let Some(r) = reference {
+            println!("              destination reference {r}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

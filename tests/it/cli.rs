@@ -1,0 +1,103 @@
+//! The `leadpipe` operator CLI against a pipeline with a dead letter: dlq stats, list,
+//! replay (dry run, filtered, twice) and trace.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use leadpipe_bus::Destination;
+use leadpipe_tests::fake_meta::REJECTED_EMAIL;
+use leadpipe_tests::{Pipeline, SenderOptions, bin_path, eventually, recent_lead};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+async fn cli(p: &Pipeline, args: &[&str]) -> (bool, String, String) {
+    let out = tokio::process::Command::new(bin_path("leadpipe"))
+        .args(args)
+        .env("AMQP_URL", leadpipe_tests::amqp_url())
+        .env("DATABASE_URL", &p.database_url)
+        .env("LEADPIPE_NAMESPACE", p.names.namespace())
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn an_operator_inspects_traces_and_replays_a_dead_letter_exactly_once() {
+    // Arrange: one event Meta rejects, dead-lettered by meta-sender.
+    let p = Pipeline::new().await;
+    let mut bad = recent_lead("L-cli");
+    bad["contact"]["email"] = json!(REJECTED_EMAIL);
+    let id = p.publish(&bad).await;
+    let sender = p.start_meta(SenderOptions::default()).await;
+    p.wait_status(&id, "dead_lettered", WAIT).await;
+    let dlq = p.names.dead_letter_queue(Destination::Meta);
+    assert!(eventually(WAIT, || async { p.broker.depth(&dlq).await == 1 }).await);
+
+    // Act + Assert: stats and list read without consuming, and print no PII.
+    let (ok, stats, _) = cli(&p, &["dlq", "stats"]).await;
+    assert!(ok);
+    assert!(
+        stats.lines().any(|l| l.starts_with("meta")
+            && l.contains("meta_100")
+            && l.trim_end().ends_with('1')),
+        "{stats}"
+    );
+    let (ok, list, _) = cli(&p, &["dlq", "list", "meta"]).await;
+    assert!(ok);
+    assert!(
+        list.contains(&id) && list.contains("code=meta_100") && list.contains("http=400"),
+        "{list}"
+    );
+    assert!(!list.contains("reject@"), "PII in the listing: {list}");
+    assert_eq!(p.broker.depth(&dlq).await, 1, "reading must not consume");
+
+    // Trace shows where the event is and why.
+    let (ok, trace, _) = cli(&p, &["trace", &id]).await;
+    assert!(ok);
+    assert!(
+        trace.contains("dead_lettered") && trace.contains("meta_100"),
+        "{trace}"
+    );
+    let (ok, _, err) = cli(&p, &["trace", "no-such-event"]).await;
+    assert!(!ok && err.contains("no delivery recorded"), "{err}");
+
+    // A dry run moves nothing; a filter that matches nothing moves nothing.
+    let (ok, dry, _) = cli(&p, &["dlq", "replay", "meta", "--dry-run"]).await;
+    assert!(
+        ok && dry.contains("1 of 1 message(s) would be replayed"),
+        "{dry}"
+    );
+    let (ok, none, _) = cli(&p, &["dlq", "replay", "meta", "--error-code", "http_500"]).await;
+    assert!(ok && none.contains("replayed 0 message(s)"), "{none}");
+    assert!(eventually(WAIT, || async { p.broker.depth(&dlq).await == 1 }).await);
+
+    // After the fix, a replay delivers it, once.
+    p.meta.accept_rejected();
+    let (ok, replayed, _) = cli(&p, &["dlq", "replay", "meta", "--error-code", "meta_100"]).await;
+    assert!(
+        ok && replayed.contains("replayed 1 message(s)"),
+        "{replayed}"
+    );
+    p.wait_status(&id, "sent", WAIT).await;
+    assert_eq!(p.meta.accepted()[&id], 1);
+
+    // Replaying again sends nothing twice.
+    let (ok, again, _) = cli(&p, &["dlq", "replay", "meta"]).await;
+    assert!(ok && again.contains("replayed 0 message(s)"), "{again}");
+    assert_eq!(p.meta.accepted()[&id], 1);
+
+    // A bad destination is named.
+    let (ok, _, err) = cli(&p, &["dlq", "list", "tiktok"]).await;
+    assert!(
+        !ok && err.contains("use meta, ga4, google_ads or crm"),
+        "{err}"
+    );
+    sender.stop().await;
+    p.cleanup().await;
+}
