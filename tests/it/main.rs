@@ -3,6 +3,7 @@
 
 mod cli;
 mod database;
+mod deploy;
 mod ingest;
 mod ingest_binary;
 mod meta_sender;
