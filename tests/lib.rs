@@ -56,6 +56,24 @@ pub fn unique_namespace(prefix: &str) -> String {
     )
 }
 
+/// The field map of the test source `crm` (`POST /v1/sources/crm/webhook`).
+pub static CRM_WEBHOOK_MAP: std::sync::LazyLock<leadpipe_config::sources::WebhookMap> =
+    std::sync::LazyLock::new(|| {
+        let mut fields = std::collections::BTreeMap::new();
+        for (k, v) in [
+            ("lead_id", "/conversation/id"),
+            ("occurred_at", "/created_at"),
+            ("contact.email", "/user/email"),
+            ("contact.first_name", "/user/name"),
+            ("consent.ad_user_data", "/user/ads_consent"),
+        ] {
+            fields.insert(k.to_owned(), v.to_owned());
+        }
+        let mut set = std::collections::BTreeMap::new();
+        set.insert("event_name".to_owned(), "lead".into());
+        leadpipe_config::sources::WebhookMap { set, fields }
+    });
+
 /// The secret of the test source `site-widget`.
 pub const TEST_SECRET: &str = "test-secret";
 /// The test source id.
@@ -110,12 +128,14 @@ pub async fn spawn_ingest(opts: IngestOptions) -> TestIngest {
                 secret: SecretString::from(TEST_SECRET),
                 default_region: Some("US".into()),
                 rate_limit_per_second: opts.rate_limit_per_second,
+                webhook: None,
             },
             Source {
                 id: "crm".into(),
                 secret: SecretString::from("crm-secret"),
-                default_region: None,
+                default_region: Some("US".into()),
                 rate_limit_per_second: opts.rate_limit_per_second,
+                webhook: Some(CRM_WEBHOOK_MAP.clone()),
             },
         ],
         custom_events: HashSet::from(["demo_booked".to_owned()]),
@@ -160,6 +180,19 @@ pub fn lead(lead_id: &str) -> Value {
 }
 
 impl TestIngest {
+    /// Posts `body` to `path`, signed as `source` with `secret`.
+    pub async fn post_signed_as(
+        &self,
+        path: &str,
+        body: &[u8],
+        source: &str,
+        secret: &str,
+    ) -> reqwest::Response {
+        let ts = chrono::Utc::now().timestamp();
+        self.post_with(path, body, source, ts, &sign(secret, ts, body))
+            .await
+    }
+
     /// Posts `body` to `path`, signed by the test source.
     pub async fn post_signed(&self, path: &str, body: &[u8]) -> reqwest::Response {
         let ts = chrono::Utc::now().timestamp();

@@ -455,3 +455,96 @@ async fn schema_health_readiness_and_metrics_are_served() {
     assert!(!metrics.contains("jane"), "PII in metrics");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_native_webhook_is_mapped_by_the_sources_field_map_validated_and_published() {
+    // Arrange
+    let app = spawn_ingest(IngestOptions::default()).await;
+    let broker = Broker::connect(app.names.clone()).await;
+    let now = chrono::Utc::now().timestamp();
+    let native = json!({"conversation": {"id": 4242}, "created_at": now,
+                        "user": {"email": " Ann@Example.com ", "name": "Ann", "ads_consent": "granted"},
+                        "platform_noise": {"x": 1}});
+
+    // Act
+    let r = app
+        .post_signed_as(
+            "/v1/sources/crm/webhook",
+            native.to_string().as_bytes(),
+            "crm",
+            "crm-secret",
+        )
+        .await;
+
+    // Assert
+    assert_eq!(r.status(), 202);
+    let id = r.json::<Value>().await.unwrap()["event_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let m = &broker
+        .take(
+            &app.names.work_queue(leadpipe_bus::Destination::Crm),
+            1,
+            WAIT,
+        )
+        .await[0];
+    assert_eq!(m.message_id().as_deref(), Some(id.as_str()));
+    let event = &m.body["event"];
+    assert_eq!(event["source"], "crm");
+    assert_eq!(event["event_name"], "lead");
+    assert_eq!(event["lead_id"], "4242");
+    assert_eq!(event["contact"]["email"], "ann@example.com");
+    assert_eq!(event["consent"]["ad_user_data"], "granted");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn webhook_errors_name_the_canonical_field_and_where_it_was_mapped_from() {
+    let app = spawn_ingest(IngestOptions::default()).await;
+    let now = chrono::Utc::now().timestamp();
+
+    // An invalid mapped value: 422 naming the canonical field and the pointer.
+    let bad = json!({"conversation": {"id": "c-1"}, "created_at": now, "user": {"email": "nope"}});
+    let r = app
+        .post_signed_as(
+            "/v1/sources/crm/webhook",
+            bad.to_string().as_bytes(),
+            "crm",
+            "crm-secret",
+        )
+        .await;
+    assert_eq!(r.status(), 422);
+    let err: Value = r.json().await.unwrap();
+    assert_eq!(err["errors"][0]["field"], "contact.email");
+    assert!(
+        err["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("/user/email"),
+        "{err}"
+    );
+
+    // The path must name the authenticated source; a source without a map is 404.
+    let ok = json!({"conversation": {"id": "c-2"}, "created_at": now, "user": {"email": "a@b.io"}});
+    let r = app
+        .post_signed_as(
+            "/v1/sources/site-widget/webhook",
+            ok.to_string().as_bytes(),
+            "crm",
+            "crm-secret",
+        )
+        .await;
+    assert_eq!(r.status(), 401);
+    let r = app
+        .post_signed_as(
+            "/v1/sources/site-widget/webhook",
+            ok.to_string().as_bytes(),
+            TEST_SOURCE,
+            TEST_SECRET,
+        )
+        .await;
+    assert_eq!(r.status(), 404);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"], "not_found");
+    app.stop().await;
+}

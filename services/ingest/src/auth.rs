@@ -38,6 +38,9 @@ pub enum AuthError {
     /// The signature does not match.
     #[error("signature does not match")]
     BadSignature,
+    /// The source in the URL is not the authenticated one.
+    #[error("X-Leadpipe-Source does not match the source in the path")]
+    PathMismatch,
 }
 
 fn header<'h>(headers: &'h HeaderMap, name: &'static str) -> Result<&'h str, AuthError> {
@@ -114,6 +117,7 @@ mod tests {
             secret: SecretString::from("s3cret"),
             default_region: None,
             rate_limit_per_second: 10,
+            webhook: None,
         }]
     }
 

@@ -22,6 +22,9 @@ pub enum ApiError {
     /// `401 unauthorized`.
     #[error("{0}")]
     Unauthorized(#[from] AuthError),
+    /// `404 not_found`: e.g. a source without a webhook field map.
+    #[error("{0}")]
+    NotFound(String),
     /// `413 payload_too_large`.
     #[error("the body is larger than {0} bytes")]
     PayloadTooLarge(usize),
@@ -64,6 +67,7 @@ impl ApiError {
         match self {
             Self::InvalidJson(_) => (StatusCode::BAD_REQUEST, "invalid_json"),
             Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             Self::UnsupportedMediaType => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")

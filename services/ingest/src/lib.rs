@@ -11,6 +11,7 @@
 //! - [`error`]: error bodies and status codes.
 //! - [`state`]: what handlers share (sources, rate limiters, publisher, metrics).
 //! - [`metrics`]: the ingest metric families.
+//! - [`webhook`]: native platform payloads → canonical events, by each source's field map.
 
 #![forbid(unsafe_code)]
 
@@ -20,6 +21,7 @@ pub mod error;
 pub mod metrics;
 pub mod routes;
 pub mod state;
+pub mod webhook;
 
 use std::net::SocketAddr;
 
@@ -99,6 +101,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/events", post(routes::post_event))
         .route("/v1/events/batch", post(routes::post_batch))
+        .route("/v1/sources/{id}/webhook", post(routes::post_webhook))
         .route("/v1/schema", get(routes::schema))
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz))

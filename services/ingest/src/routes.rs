@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use axum::Json;
 use axum::body::{Body, Bytes};
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{SecondsFormat, Utc};
@@ -43,6 +43,18 @@ pub async fn post_batch(State(app): State<AppState>, headers: HeaderMap, body: B
     let started = Instant::now();
     let result = accept_batch(&app, &headers, body).await;
     finish(&app, &headers, "batch", started, result)
+}
+
+/// `POST /v1/sources/{id}/webhook`.
+pub async fn post_webhook(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let started = Instant::now();
+    let result = accept_webhook(&app, &id, &headers, body).await;
+    finish(&app, &headers, "webhook", started, result)
 }
 
 /// `GET /v1/schema`: the JSON Schema generated from the event types.
@@ -271,6 +283,16 @@ async fn accept_one(app: &AppState, headers: &HeaderMap, body: Body) -> Result<R
             return Err(ApiError::Validation(errors));
         }
     };
+    publish_one(app, source, headers, event).await
+}
+
+/// Publishes one accepted event and answers `202`, or `503`.
+async fn publish_one(
+    app: &AppState,
+    source: &Source,
+    headers: &HeaderMap,
+    event: Accepted,
+) -> Result<Response, ApiError> {
     let trace = trace_of(headers);
     publish(app, source, &event, &trace)
         .await
@@ -283,6 +305,39 @@ async fn accept_one(app: &AppState, headers: &HeaderMap, body: Body) -> Result<R
         Json(json!({"event_id": event.event_id, "status": "accepted"})),
     )
         .into_response())
+}
+
+async fn accept_webhook(
+    app: &AppState,
+    path_id: &str,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let (source, bytes) = authenticate(app, headers, body).await?;
+    if source.id != path_id {
+        return Err(auth::AuthError::PathMismatch.into());
+    }
+    let Some(field_map) = &source.webhook else {
+        return Err(ApiError::NotFound(format!(
+            "source {:?} has no webhook field map ([sources.webhook] in the sources file)",
+            source.id
+        )));
+    };
+    rate_limit(app, source, 1)?;
+    let native: Value =
+        serde_json::from_slice(&bytes).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+    let (mapped, origins) = crate::webhook::map(field_map, &source.id, &native);
+    let valid =
+        leadpipe_events::validate_event(&mapped, &context(app, source)).map_err(|mut errors| {
+            count_rejections(app, source, &errors);
+            for e in &mut errors {
+                if let Some(pointer) = origins.get(&e.field) {
+                    e.message = format!("{} (mapped from {pointer})", e.message);
+                }
+            }
+            ApiError::Validation(errors)
+        })?;
+    publish_one(app, source, headers, envelope(valid)).await
 }
 
 async fn accept_batch(

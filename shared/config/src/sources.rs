@@ -34,6 +34,29 @@ pub struct Source {
     pub default_region: Option<String>,
     /// Token-bucket rate, in events per second (the bucket holds one second's worth).
     pub rate_limit_per_second: u32,
+    /// How `POST /v1/sources/{id}/webhook` maps the platform's native payload, if it may.
+    pub webhook: Option<WebhookMap>,
+}
+
+/// A declarative field map from a chatbot platform's native payload to the canonical event:
+///
+/// ```toml
+/// [sources.webhook.set]            # constants
+/// event_name = "lead"
+/// [sources.webhook.fields]         # canonical field = JSON pointer into the payload
+/// lead_id = "/conversation/id"
+/// occurred_at = "/created_at"      # RFC 3339, or unix seconds / milliseconds
+/// "contact.email" = "/user/email"
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookMap {
+    /// Canonical field (dotted path) → constant value.
+    #[serde(default)]
+    pub set: std::collections::BTreeMap<String, toml::Value>,
+    /// Canonical field (dotted path) → JSON pointer (RFC 6901) into the native payload.
+    #[serde(default)]
+    pub fields: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -52,6 +75,8 @@ struct Entry {
     default_region: Option<String>,
     #[serde(default)]
     rate_limit_per_second: Option<u32>,
+    #[serde(default)]
+    webhook: Option<WebhookMap>,
 }
 
 /// Reads and checks the sources file at `path`, looking secrets up with `secret_of`
@@ -139,11 +164,30 @@ pub fn parse(text: &str, secret_of: impl Fn(&str) -> Option<String>) -> Result<V
                 "must be at least 1",
             ));
         }
+        if let Some(w) = &e.webhook {
+            for path in w.set.keys().chain(w.fields.keys()) {
+                if !leadpipe_events::validate::is_field_path(path) || path == "source" {
+                    return Err(ConfigError::invalid(
+                        format!("{}.{path}", key("webhook")),
+                        "is not a field of the canonical event (source is set from the id)",
+                    ));
+                }
+            }
+            for (path, pointer) in &w.fields {
+                if !pointer.starts_with('/') {
+                    return Err(ConfigError::invalid(
+                        format!("{}.fields.{path}", key("webhook")),
+                        "must be a JSON pointer such as /user/email",
+                    ));
+                }
+            }
+        }
         out.push(Source {
             id,
             secret: SecretString::from(secret),
             default_region,
             rate_limit_per_second: rate,
+            webhook: e.webhook,
         });
     }
     Ok(out)
@@ -212,6 +256,39 @@ rate_limit_per_second = 500
         ] {
             let err = parse(text, env).unwrap_err().to_string();
             assert!(err.starts_with(key), "{err} should name {key}");
+        }
+    }
+
+    #[test]
+    fn a_webhook_map_is_checked_against_the_canonical_fields() {
+        let base = "[[sources]]\nid = \"bot\"\nsecret_env = \"SITE_WIDGET_SECRET\"\n";
+        let ok = parse(
+            &format!("{base}[sources.webhook.set]\nevent_name = \"lead\"\n[sources.webhook.fields]\nlead_id = \"/id\"\n\"contact.email\" = \"/user/email\"\n"),
+            env,
+        )
+        .unwrap();
+        assert_eq!(
+            ok[0].webhook.as_ref().unwrap().fields["contact.email"],
+            "/user/email"
+        );
+        for (extra, key) in [
+            (
+                "[sources.webhook.fields]\n\"contact.mail\" = \"/e\"\n",
+                "sources[0].webhook.contact.mail",
+            ),
+            (
+                "[sources.webhook.fields]\nlead_id = \"id\"\n",
+                "sources[0].webhook.fields.lead_id",
+            ),
+            (
+                "[sources.webhook.set]\nsource = \"x\"\n",
+                "sources[0].webhook.source",
+            ),
+        ] {
+            let err = parse(&format!("{base}{extra}"), env)
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with(key), "{err}");
         }
     }
 

@@ -485,3 +485,19 @@ proptest! {
         prop_assert_eq!(once.event_id, again.event_id);
     }
 }
+
+#[test]
+fn field_paths_are_checked_against_the_schema() {
+    for ok in [
+        "lead_id",
+        "contact.email",
+        "attribution.gclid",
+        "consent.ad_user_data",
+        "refund.kind",
+    ] {
+        assert!(crate::validate::is_field_path(ok), "{ok}");
+    }
+    for bad in ["contact.mail", "colour", "contact.email.x", ""] {
+        assert!(!crate::validate::is_field_path(bad), "{bad}");
+    }
+}

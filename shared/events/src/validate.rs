@@ -733,6 +733,21 @@ fn normalize(
     (ev, event_id)
 }
 
+/// Whether `path` (dotted, e.g. `contact.email`) names a field of the canonical event.
+pub fn is_field_path(path: &str) -> bool {
+    let mut node = schema();
+    for part in path.split('.') {
+        let Some(resolved) = resolve(node, &Value::Object(Default::default())) else {
+            return false;
+        };
+        match resolved.get("properties").and_then(|p| p.get(part)) {
+            Some(child) => node = child,
+            None => return false,
+        }
+    }
+    true
+}
+
 /// Whether `name` has the shape of a custom event name: `[a-z][a-z0-9_]{0,39}`.
 pub fn is_custom_name(name: &str) -> bool {
     let mut chars = name.chars();
