@@ -177,3 +177,61 @@ async fn a_queue_that_exists_with_other_arguments_is_reported_by_name() {
     let cleanup = Broker::connect(names).await;
     cleanup.delete().await;
 }
+
+#[tokio::test]
+async fn a_message_that_keeps_crashing_its_consumer_is_parked_in_the_dlq_by_the_delivery_limit() {
+    // Arrange: a delivery limit of 2, and a consumer that "crashes" (its channel closes
+    // without an ack) every time it receives the message.
+    let broker = Broker::connect(Names::new(unique_namespace("t"))).await;
+    topology::declare(
+        &broker.channel,
+        &broker.names,
+        TopologySettings { delivery_limit: 2 },
+    )
+    .await
+    .unwrap();
+    publish(
+        &broker,
+        &broker.names.events_exchange(),
+        "lead.a",
+        "crasher",
+    )
+    .await;
+    let meta = broker.names.work_queue(Destination::Meta);
+
+    // Act: deliver and crash until the broker parks it (a crash returns the message
+    // asynchronously, so each round waits for the next delivery rather than a depth).
+    let dlq = broker.names.dead_letter_queue(Destination::Meta);
+    let mut deliveries = 0;
+    for _ in 0..6 {
+        let crashing = leadpipe_bus::connect(&leadpipe_tests::amqp_url(), "crash")
+            .await
+            .unwrap();
+        let ch = crashing.create_channel().await.unwrap();
+        let mut consumer = ch
+            .basic_consume(
+                meta.as_str().into(),
+                "crash".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(3), consumer.next()).await;
+        let _ = crashing.close(320, "crash".into()).await;
+        match got {
+            Ok(Some(Ok(_))) => deliveries += 1,
+            _ => break,
+        }
+    }
+
+    // Assert: delivered limit + 1 times at most, then parked.
+    assert!(
+        (2..=3).contains(&deliveries),
+        "delivered {deliveries} times"
+    );
+    let parked = broker.take(&dlq, 1, WAIT).await;
+    assert_eq!(parked[0].message_id().as_deref(), Some("crasher"));
+    assert_eq!(broker.depth(&meta).await, 0);
+    broker.delete().await;
+}
