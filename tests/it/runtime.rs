@@ -194,3 +194,71 @@ async fn when_every_request_keeps_failing_the_sender_pauses_then_resumes() {
     sender.stop().await;
     p.cleanup().await;
 }
+
+/// Panics on its first batch, then accepts everything.
+struct PanicOnce(Arc<AtomicUsize>);
+
+impl Adapter for PanicOnce {
+    type Prepared = ();
+    fn destination(&self) -> Destination {
+        Destination::Crm
+    }
+    fn max_batch(&self) -> usize {
+        100
+    }
+    fn prepare(&self, _: &Envelope) -> Prepared<()> {
+        Prepared::Send(())
+    }
+    async fn send(&self, items: Vec<Item<()>>) -> Vec<Outcome> {
+        assert!(
+            self.0.fetch_add(1, Ordering::SeqCst) > 0,
+            "adapter bug on the first batch"
+        );
+        vec![
+            Outcome::Sent {
+                reference: None,
+                http_status: Some(200)
+            };
+            items.len()
+        ]
+    }
+    async fn probe(&self) -> bool {
+        true
+    }
+}
+
+#[tokio::test]
+async fn a_panicking_adapter_does_not_lose_the_batch_or_stop_the_sender() {
+    // Arrange
+    let p = Pipeline::new().await;
+    let id = p.publish(&recent_lead("L-panic")).await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let mut settings = p.meta_settings(&SenderOptions::default()).runtime;
+    settings.batch_max_wait = Duration::from_millis(50);
+    let stop = CancellationToken::new();
+    let sender = Sender::build(settings, PanicOnce(calls.clone()), stop.clone())
+        .await
+        .unwrap();
+    let handle = tokio::spawn(sender.run_until_stopped(stop.clone()));
+
+    // Act + Assert: the batch comes back after the panic and is delivered.
+    let sent = eventually(WAIT, || async {
+        sqlx::query_as::<_, (String,)>(
+            "SELECT status FROM deliveries WHERE destination='crm' AND event_id=$1",
+        )
+        .bind(&id)
+        .fetch_optional(&p.pool)
+        .await
+        .unwrap()
+        .is_some_and(|r| r.0 == "sent")
+    })
+    .await;
+    assert!(
+        sent,
+        "the event was not delivered after the adapter panicked"
+    );
+    assert!(calls.load(Ordering::SeqCst) >= 2);
+    stop.cancel();
+    let _ = handle.await;
+    p.cleanup().await;
+}

@@ -46,13 +46,12 @@ pub(crate) async fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("--source {:?} is not in {sources_path}", args.source))?;
     let text = std::fs::read_to_string(&args.file)
         .with_context(|| format!("cannot read {}", args.file.display()))?;
-    let lines: Vec<(usize, String)> = text
+    let mut lines: Vec<(usize, String)> = text
         .lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
         .map(|(i, l)| (i + 1, l.to_owned()))
         .collect();
-    let mut lines = lines;
     for (n, line) in &mut lines {
         let mut value = serde_json::from_str::<serde_json::Value>(line)
             .with_context(|| format!("{} line {n} is not JSON", args.file.display()))?;

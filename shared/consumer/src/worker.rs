@@ -11,7 +11,9 @@ use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use futures::StreamExt;
+use std::panic::AssertUnwindSafe;
+
+use futures::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
 use lapin::types::{AMQPValue, FieldTable};
@@ -167,8 +169,20 @@ async fn consume<A: Adapter>(
                 Ok(None) | Err(_) => break,
             }
         }
-        if let Err(e) = process_batch(shared, batch).await {
-            break Err(e);
+        // A panicking adapter must not take the worker down with its deliveries unacked: the
+        // session ends like any failure, the channel closes, the batch returns to the queue
+        // (where the delivery limit eventually parks a message that panics every time).
+        match AssertUnwindSafe(process_batch(shared, batch))
+            .catch_unwind()
+            .await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => break Err(e),
+            Err(_) => {
+                break Err(anyhow::anyhow!(
+                    "the destination adapter panicked on a batch"
+                ));
+            }
         }
         if let Some(e) = stream_error {
             break Err(e.into());
