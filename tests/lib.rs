@@ -490,6 +490,57 @@ pub async fn sigterm_and_wait(child: &mut tokio::process::Child) -> std::process
         .expect("wait succeeds")
 }
 
+/// A test destination: `send` gets the call's number (0, 1, …) and the batch size and returns
+/// the outcomes; everything else is fixed.
+pub struct FnAdapter {
+    /// Which destination it stands for.
+    pub destination: Destination,
+    /// Calls to `send` so far.
+    pub calls: Arc<std::sync::atomic::AtomicUsize>,
+    /// Events passed to `send` so far.
+    pub events: Arc<std::sync::atomic::AtomicUsize>,
+    send: Box<dyn Fn(usize, usize) -> Vec<leadpipe_consumer::Outcome> + Send + Sync>,
+}
+
+impl FnAdapter {
+    /// An adapter for `destination` answering with `send(call, batch_len)`.
+    pub fn new(
+        destination: Destination,
+        send: impl Fn(usize, usize) -> Vec<leadpipe_consumer::Outcome> + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            destination,
+            calls: Arc::default(),
+            events: Arc::default(),
+            send: Box::new(send),
+        }
+    }
+}
+
+impl leadpipe_consumer::Adapter for FnAdapter {
+    type Prepared = ();
+    fn destination(&self) -> Destination {
+        self.destination
+    }
+    fn max_batch(&self) -> usize {
+        500
+    }
+    fn prepare(&self, _: &leadpipe_events::Envelope) -> leadpipe_consumer::Prepared<()> {
+        leadpipe_consumer::Prepared::Send(())
+    }
+    async fn send(
+        &self,
+        items: Vec<leadpipe_consumer::Item<()>>,
+    ) -> Vec<leadpipe_consumer::Outcome> {
+        let call = self.calls.fetch_add(1, Ordering::SeqCst);
+        self.events.fetch_add(items.len(), Ordering::SeqCst);
+        (self.send)(call, items.len())
+    }
+    async fn probe(&self) -> bool {
+        true
+    }
+}
+
 /// Drops a database made by [`fresh_database`] (closing anyone still connected).
 pub async fn drop_database(url: &str) {
     let Some((server, name)) = url.rsplit_once('/') else {
@@ -764,13 +815,26 @@ impl Pipeline {
 
     /// `(status, attempts)` of an event's meta row.
     pub async fn row(&self, event_id: &str) -> Option<(String, i32)> {
+        self.row_in(Destination::Meta, event_id).await
+    }
+
+    /// `(status, attempts)` of an event's row for `destination`.
+    pub async fn row_in(&self, destination: Destination, event_id: &str) -> Option<(String, i32)> {
         sqlx::query_as(
-            "SELECT status, attempts FROM deliveries WHERE destination = 'meta' AND event_id = $1",
+            "SELECT status, attempts FROM deliveries WHERE destination = $1 AND event_id = $2",
         )
+        .bind(destination.as_str())
         .bind(event_id)
         .fetch_optional(&self.pool)
         .await
         .unwrap()
+    }
+
+    /// Ready messages in `destination`'s dead-letter queue.
+    pub async fn dlq_depth(&self, destination: Destination) -> u32 {
+        self.broker
+            .depth(&self.names.dead_letter_queue(destination))
+            .await
     }
 
     /// Waits until the event's meta row has `status`; panics with the last row otherwise.

@@ -9,52 +9,21 @@
 //!
 //! Each run preloads its own namespace's queue, then times the drain.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use leadpipe_bus::{Destination, Names, OutgoingMessage, Publisher, PublisherSettings};
-use leadpipe_consumer::{Adapter, Item, Outcome, Prepared, Sender};
-use leadpipe_events::Envelope;
+use leadpipe_consumer::{Outcome, Sender};
 use leadpipe_tests::fake_meta::FakeMeta;
 use leadpipe_tests::{
-    Pipeline, SenderOptions, amqp_url, envelope_of, recent_lead, unique_namespace,
+    FnAdapter, Pipeline, SenderOptions, amqp_url, envelope_of, recent_lead, unique_namespace,
 };
 
 const EVENTS: usize = 30_000;
 const SEED_ROWS: i64 = 1_000_000;
-
-/// A destination that accepts everything at once: what is left is the chassis.
-struct NullAdapter(Arc<AtomicUsize>);
-
-impl Adapter for NullAdapter {
-    type Prepared = ();
-    fn destination(&self) -> Destination {
-        Destination::Meta
-    }
-    fn max_batch(&self) -> usize {
-        500
-    }
-    fn prepare(&self, _: &Envelope) -> Prepared<()> {
-        Prepared::Send(())
-    }
-    async fn send(&self, items: Vec<Item<()>>) -> Vec<Outcome> {
-        self.0.fetch_add(items.len(), Ordering::Relaxed);
-        vec![
-            Outcome::Sent {
-                reference: None,
-                http_status: Some(200)
-            };
-            items.len()
-        ]
-    }
-    async fn probe(&self) -> bool {
-        true
-    }
-}
 
 async fn preload(names: &Names, run: &str) {
     let stop = CancellationToken::new();
@@ -143,9 +112,19 @@ async fn main() {
     preload(&names, "ceiling").await;
     let mut settings = p.meta_settings(&SenderOptions::default()).runtime;
     settings.amqp.namespace = names.namespace().to_owned();
-    let done = Arc::new(AtomicUsize::new(0));
+    // A destination that accepts everything at once: what is left is the chassis.
+    let adapter = FnAdapter::new(Destination::Meta, |_, n| {
+        vec![
+            Outcome::Sent {
+                reference: None,
+                http_status: Some(200)
+            };
+            n
+        ]
+    });
+    let done = adapter.events.clone();
     let stop = CancellationToken::new();
-    let sender = Sender::build(settings, NullAdapter(done.clone()), stop.clone())
+    let sender = Sender::build(settings, adapter, stop.clone())
         .await
         .unwrap();
     let handle = tokio::spawn(sender.run_until_stopped(stop.clone()));

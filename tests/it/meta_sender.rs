@@ -258,12 +258,7 @@ async fn an_invalid_token_pauses_without_dead_lettering_and_resumes_when_accepte
             .await
             .contains(r#"leadpipe_destination_paused{destination="meta"} 1"#)
     );
-    assert_eq!(
-        p.broker
-            .depth(&p.names.dead_letter_queue(Destination::Meta))
-            .await,
-        0
-    );
+    assert_eq!(p.dlq_depth(Destination::Meta).await, 0);
     assert_ne!(p.row(&id).await.map(|r| r.0), Some("dead_lettered".into()));
 
     // Act: the token works again.
@@ -273,12 +268,7 @@ async fn an_invalid_token_pauses_without_dead_lettering_and_resumes_when_accepte
     p.wait_status(&id, "sent", WAIT).await;
     assert!(eventually(WAIT, || async { sender.readyz().await == 200 }).await);
     assert_eq!(p.meta.accepted()[&id], 1);
-    assert_eq!(
-        p.broker
-            .depth(&p.names.dead_letter_queue(Destination::Meta))
-            .await,
-        0
-    );
+    assert_eq!(p.dlq_depth(Destination::Meta).await, 0);
     sender.stop().await;
     p.cleanup().await;
 }

@@ -71,12 +71,7 @@ async fn a_sender_killed_mid_batch_and_restarted_delivers_every_event_with_its_o
     assert_eq!(accepted.keys().cloned().collect::<HashSet<_>>(), ids);
     let seen: HashSet<String> = p.meta.event_ids_seen().into_iter().collect();
     assert_eq!(seen, ids, "a request carried an id that is not the event's");
-    assert_eq!(
-        p.broker
-            .depth(&p.names.dead_letter_queue(Destination::Meta))
-            .await,
-        0
-    );
+    assert_eq!(p.dlq_depth(Destination::Meta).await, 0);
     child.start_kill().unwrap();
     let _ = child.wait().await;
     p.cleanup().await;

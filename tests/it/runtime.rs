@@ -1,47 +1,17 @@
 //! The consumer runtime itself, with test adapters and a cuttable broker connection.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
 use leadpipe_bus::Destination;
 use leadpipe_consumer::store::Store;
-use leadpipe_consumer::{Adapter, Item, Outcome, Prepared, Sender};
+use leadpipe_consumer::{Outcome, Sender};
 use leadpipe_db::DeliveryStatus;
-use leadpipe_events::Envelope;
-use leadpipe_tests::{Pipeline, SenderOptions, TcpProxy, eventually, recent_lead};
+use leadpipe_tests::{FnAdapter, Pipeline, SenderOptions, TcpProxy, eventually, recent_lead};
 
 const WAIT: Duration = Duration::from_secs(30);
-
-/// A destination that takes requests and reports outcomes later (like Data Manager).
-struct LaterAdapter(Arc<AtomicUsize>);
-
-impl Adapter for LaterAdapter {
-    type Prepared = ();
-    fn destination(&self) -> Destination {
-        Destination::GoogleAds
-    }
-    fn max_batch(&self) -> usize {
-        100
-    }
-    fn prepare(&self, _: &Envelope) -> Prepared<()> {
-        Prepared::Send(())
-    }
-    async fn send(&self, items: Vec<Item<()>>) -> Vec<Outcome> {
-        self.0.fetch_add(items.len(), Ordering::SeqCst);
-        items
-            .iter()
-            .map(|_| Outcome::Accepted {
-                reference: Some("requests/42".into()),
-            })
-            .collect()
-    }
-    async fn probe(&self) -> bool {
-        true
-    }
-}
 
 #[tokio::test]
 async fn an_event_accepted_for_later_confirmation_is_not_resent_and_a_poller_resolves_it() {
@@ -49,11 +19,20 @@ async fn an_event_accepted_for_later_confirmation_is_not_resent_and_a_poller_res
     let p = Pipeline::new().await;
     let event = recent_lead("L-later");
     let id = p.publish(&event).await;
-    let sends = Arc::new(AtomicUsize::new(0));
+    // A destination that takes requests and reports outcomes later (like Data Manager).
+    let adapter = FnAdapter::new(Destination::GoogleAds, |_, n| {
+        vec![
+            Outcome::Accepted {
+                reference: Some("requests/42".into())
+            };
+            n
+        ]
+    });
+    let sends = adapter.events.clone();
     let mut settings = p.meta_settings(&SenderOptions::default()).runtime;
     settings.batch_max_wait = Duration::from_millis(50);
     let stop = CancellationToken::new();
-    let sender = Sender::build(settings.clone(), LaterAdapter(sends.clone()), stop.clone())
+    let sender = Sender::build(settings.clone(), adapter, stop.clone())
         .await
         .unwrap();
     let handle = tokio::spawn(sender.run_until_stopped(stop.clone()));
@@ -63,16 +42,7 @@ async fn an_event_accepted_for_later_confirmation_is_not_resent_and_a_poller_res
         "poller".into(),
         settings.lease,
     );
-    let status = || async {
-        sqlx::query_as::<_, (String,)>(
-            "SELECT status FROM deliveries WHERE destination='google_ads' AND event_id=$1",
-        )
-        .bind(&id)
-        .fetch_optional(&p.pool)
-        .await
-        .unwrap()
-        .map(|r| r.0)
-    };
+    let status = || async { p.row_in(Destination::GoogleAds, &id).await.map(|r| r.0) };
 
     // Act: accepted, then redelivered.
     assert!(
@@ -185,46 +155,9 @@ async fn when_every_request_keeps_failing_the_sender_pauses_then_resumes() {
     assert!(paused);
     p.wait_status(&id, "sent", WAIT).await;
     assert!(eventually(WAIT, || async { sender.readyz().await == 200 }).await);
-    assert_eq!(
-        p.broker
-            .depth(&p.names.dead_letter_queue(Destination::Meta))
-            .await,
-        0
-    );
+    assert_eq!(p.dlq_depth(Destination::Meta).await, 0);
     sender.stop().await;
     p.cleanup().await;
-}
-
-/// Panics on its first batch, then accepts everything.
-struct PanicOnce(Arc<AtomicUsize>);
-
-impl Adapter for PanicOnce {
-    type Prepared = ();
-    fn destination(&self) -> Destination {
-        Destination::Crm
-    }
-    fn max_batch(&self) -> usize {
-        100
-    }
-    fn prepare(&self, _: &Envelope) -> Prepared<()> {
-        Prepared::Send(())
-    }
-    async fn send(&self, items: Vec<Item<()>>) -> Vec<Outcome> {
-        assert!(
-            self.0.fetch_add(1, Ordering::SeqCst) > 0,
-            "adapter bug on the first batch"
-        );
-        vec![
-            Outcome::Sent {
-                reference: None,
-                http_status: Some(200)
-            };
-            items.len()
-        ]
-    }
-    async fn probe(&self) -> bool {
-        true
-    }
 }
 
 #[tokio::test]
@@ -232,25 +165,31 @@ async fn a_panicking_adapter_does_not_lose_the_batch_or_stop_the_sender() {
     // Arrange
     let p = Pipeline::new().await;
     let id = p.publish(&recent_lead("L-panic")).await;
-    let calls = Arc::new(AtomicUsize::new(0));
+    // Panics on its first batch, then accepts everything.
+    let adapter = FnAdapter::new(Destination::Crm, |call, n| {
+        assert!(call > 0, "adapter bug on the first batch");
+        vec![
+            Outcome::Sent {
+                reference: None,
+                http_status: Some(200)
+            };
+            n
+        ]
+    });
+    let calls = adapter.calls.clone();
     let mut settings = p.meta_settings(&SenderOptions::default()).runtime;
     settings.batch_max_wait = Duration::from_millis(50);
     let stop = CancellationToken::new();
-    let sender = Sender::build(settings, PanicOnce(calls.clone()), stop.clone())
+    let sender = Sender::build(settings, adapter, stop.clone())
         .await
         .unwrap();
     let handle = tokio::spawn(sender.run_until_stopped(stop.clone()));
 
     // Act + Assert: the batch comes back after the panic and is delivered.
     let sent = eventually(WAIT, || async {
-        sqlx::query_as::<_, (String,)>(
-            "SELECT status FROM deliveries WHERE destination='crm' AND event_id=$1",
-        )
-        .bind(&id)
-        .fetch_optional(&p.pool)
-        .await
-        .unwrap()
-        .is_some_and(|r| r.0 == "sent")
+        p.row_in(Destination::Crm, &id)
+            .await
+            .is_some_and(|r| r.0 == "sent")
     })
     .await;
     assert!(
