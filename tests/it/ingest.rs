@@ -548,3 +548,63 @@ async fn webhook_errors_name_the_canonical_field_and_where_it_was_mapped_from() 
     assert_eq!(r.json::<Value>().await.unwrap()["error"], "not_found");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn messy_real_world_contact_data_and_a_partial_refund_worth_more_than_refunded_are_accepted()
+{
+    // Arrange: what chatbots really send — a phone pasted with NBSP and thin spaces and an
+    // RFC 3966 extension, Brazilian and Japanese postcodes, Yoruba and Vietnamese names — and a
+    // 30 % refund of 100 (`value` 30 refunded, the order worth 70 afterwards).
+    let app = spawn_ingest(IngestOptions::default()).await;
+    let broker = Broker::connect(app.names.clone()).await;
+    let mut messy = lead("L-messy");
+    messy["contact"] = json!({
+        "email": "Ifeoluwa@Example.com", "phone": "tel:+1\u{A0}201\u{2009}555\u{2011}0123;ext=44",
+        "first_name": "Ìfẹ́olúwa", "last_name": "Nguyễn", "postal_code": "26738-274",
+        "country": "Brazil"
+    });
+    let mut japanese = lead("L-jp");
+    japanese["contact"] = json!({
+        "phone": "03\u{3000}1234\u{3000}5678 ext. 12", "postal_code": "332-5485", "country": "JP"
+    });
+    let mut refund = lead("L-refund");
+    refund["event_name"] = json!("refund");
+    refund["order_id"] = json!("O-30");
+    refund["value"] = json!(30);
+    refund["currency"] = json!("usd");
+    refund["refund"] = json!({"kind": "partial", "remaining_value": 70});
+
+    // Act
+    let mut ids = Vec::new();
+    for event in [&messy, &japanese, &refund] {
+        let response = app.post_event(event).await;
+        let status = response.status();
+        let answer: Value = response.json().await.unwrap();
+        assert_eq!(status, 202, "{answer}");
+        ids.push(answer["event_id"].as_str().unwrap().to_owned());
+    }
+
+    // Assert: normalized on the bus, nothing of the number's extension kept.
+    let got = broker
+        .take(
+            &app.names.work_queue(leadpipe_bus::Destination::Meta),
+            3,
+            WAIT,
+        )
+        .await;
+    let by_id: HashMap<String, Value> = got
+        .into_iter()
+        .map(|m| (m.message_id().unwrap(), m.body["event"].clone()))
+        .collect();
+    let messy = &by_id[&ids[0]]["contact"];
+    assert_eq!(messy["phone"], "+12015550123");
+    assert_eq!(messy["first_name"], "Ìfẹ́olúwa");
+    assert_eq!(messy["country"], "BR");
+    assert_eq!(messy["postal_code"], "26738-274");
+    assert_eq!(by_id[&ids[1]]["contact"]["phone"], "+81312345678");
+    let refund = &by_id[&ids[2]];
+    assert_eq!(refund["value"], 30.0);
+    assert_eq!(refund["refund"]["remaining_value"], 70.0);
+    assert_eq!(refund["refund"]["kind"], "partial");
+    app.stop().await;
+}

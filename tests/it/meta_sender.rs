@@ -260,6 +260,23 @@ async fn an_invalid_token_pauses_without_dead_lettering_and_resumes_when_accepte
     );
     assert_eq!(p.dlq_depth(Destination::Meta).await, 0);
     assert_ne!(p.row(&id).await.map(|r| r.0), Some("dead_lettered".into()));
+    // While paused it probes with a side-effect-free read of the pixel, refused with 190,
+    // and never posts an (invalid) empty batch.
+    let probed = eventually(WAIT, || async { !p.meta.reads().is_empty() }).await;
+    assert!(probed, "no probe while paused");
+    assert!(
+        p.meta
+            .reads()
+            .iter()
+            .all(|(fields, status)| fields == "id" && *status == 400)
+    );
+    assert!(
+        p.meta
+            .requests()
+            .iter()
+            .all(|r| r.body["data"].as_array().is_some_and(|d| !d.is_empty())),
+        "an empty batch was posted"
+    );
 
     // Act: the token works again.
     p.meta.set_token(leadpipe_tests::META_TOKEN);
@@ -269,6 +286,7 @@ async fn an_invalid_token_pauses_without_dead_lettering_and_resumes_when_accepte
     assert!(eventually(WAIT, || async { sender.readyz().await == 200 }).await);
     assert_eq!(p.meta.accepted()[&id], 1);
     assert_eq!(p.dlq_depth(Destination::Meta).await, 0);
+    assert!(p.meta.reads().iter().any(|(_, status)| *status == 200));
     sender.stop().await;
     p.cleanup().await;
 }
@@ -444,6 +462,39 @@ async fn an_event_that_keeps_failing_is_dead_lettered_after_max_attempts() {
             .contains("gave up after 3 attempts")
     );
     assert_eq!(p.row(&id).await.unwrap().1, 3);
+    sender.stop().await;
+    p.cleanup().await;
+}
+
+#[tokio::test]
+async fn accents_foreign_postcodes_and_unicode_separated_phones_are_hashed_per_the_contract() {
+    // Arrange
+    let p = Pipeline::new().await;
+    let mut brazil = recent_lead("L-br");
+    brazil["contact"] = json!({
+        "email": "ifeoluwa@example.com", "phone": "+1\u{A0}201\u{2009}555\u{2011}0123;ext=44",
+        "first_name": "Ìfẹ́olúwa", "last_name": "Nguyễn", "postal_code": "26738-274",
+        "country": "Brazil"
+    });
+    let mut unknown_country = recent_lead("L-jp");
+    unknown_country["contact"] = json!({"email": "a@example.jp", "postal_code": "332-5485"});
+    let a = p.publish(&brazil).await;
+    let b = p.publish(&unknown_country).await;
+
+    // Act
+    let sender = p.start_meta(SenderOptions::default()).await;
+    p.wait_status(&a, "sent", WAIT).await;
+    p.wait_status(&b, "sent", WAIT).await;
+
+    // Assert
+    let u = p.meta.event(&a).unwrap()["user_data"].clone();
+    assert_eq!(u["ph"], sha256_hex("12015550123"));
+    assert_eq!(u["fn"], sha256_hex("ìfẹ́olúwa"));
+    assert_eq!(u["ln"], sha256_hex("nguyễn"));
+    assert_eq!(u["zp"], sha256_hex("26738274"));
+    assert_eq!(u["country"], sha256_hex("br"));
+    let u = p.meta.event(&b).unwrap()["user_data"].clone();
+    assert_eq!(u["zp"], sha256_hex("3325485"));
     sender.stop().await;
     p.cleanup().await;
 }

@@ -10,7 +10,7 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use serde_json::{Value, json};
 
 /// An email whose events Meta "rejects" (code 100) though they pass local validation.
@@ -48,6 +48,8 @@ struct Inner {
     accepted: HashMap<String, usize>,
     /// Accepted events, by event_id (last copy).
     events: HashMap<String, Value>,
+    /// `GET /{version}/{pixel}` reads: (fields asked, status answered).
+    reads: Vec<(String, u16)>,
 }
 
 /// The fake's handle.
@@ -211,6 +213,26 @@ async fn events(
     (StatusCode::from_u16(status).unwrap(), headers, Json(reply)).into_response()
 }
 
+/// `GET /{version}/{pixel_id}?fields=id`: the Graph read of the pixel node, answered `{"id"}`
+/// with a valid token and Graph error 190 otherwise.
+async fn pixel(
+    State(inner): State<Arc<Mutex<Inner>>>,
+    Path((version, pixel)): Path<(String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let mut g = inner.lock().unwrap();
+    let (status, reply) = if !version.starts_with('v') {
+        (400, graph_error(100, "Unknown path components"))
+    } else if q.get("access_token") != Some(&g.token) {
+        (400, graph_error(190, "Invalid OAuth access token."))
+    } else {
+        (200, json!({ "id": pixel }))
+    };
+    let fields = q.get("fields").cloned().unwrap_or_default();
+    g.reads.push((fields, status));
+    (StatusCode::from_u16(status).unwrap(), Json(reply)).into_response()
+}
+
 impl FakeMeta {
     /// Starts the fake on a free port, accepting `token`.
     pub async fn start(token: &str) -> Self {
@@ -220,6 +242,7 @@ impl FakeMeta {
         }));
         let app = axum::Router::new()
             .route("/{version}/{pixel}/events", post(events))
+            .route("/{version}/{pixel}", get(pixel))
             .with_state(inner.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base_url = format!("http://{}", listener.local_addr().unwrap());
@@ -250,6 +273,11 @@ impl FakeMeta {
     /// Every request received so far.
     pub fn requests(&self) -> Vec<Received> {
         self.inner.lock().unwrap().requests.clone()
+    }
+
+    /// Every read of the pixel node: (`fields` asked, status answered).
+    pub fn reads(&self) -> Vec<(String, u16)> {
+        self.inner.lock().unwrap().reads.clone()
     }
 
     /// How many times each event_id was accepted.

@@ -7,6 +7,7 @@ use std::time::Duration;
 use secrecy::SecretString;
 
 use leadpipe_bus::Destination;
+pub use leadpipe_config::consent::ConsentPolicy;
 use leadpipe_config::mapping::{DEFAULT_MAPPING_PATH, MappingConfig};
 use leadpipe_config::{ConfigError, env};
 use leadpipe_consumer::RuntimeSettings;
@@ -41,15 +42,6 @@ pub struct MetaMapping {
     pub content_name: Option<String>,
     /// `custom_data.content_category`, if set.
     pub content_category: Option<String>,
-}
-
-/// Whether an `unknown` ad consent counts as granted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ConsentPolicy {
-    /// Only `granted` sends (the default, SPEC §1.3).
-    Strict,
-    /// `unknown` sends too; `denied` never does.
-    UnknownAllows,
 }
 
 /// Everything meta-sender needs.
@@ -149,16 +141,7 @@ impl Settings {
                 "must be between 1 and 1000 (Meta's limit)",
             ));
         }
-        let consent = match env::string_or("CONSENT_POLICY", "strict").as_str() {
-            "strict" => ConsentPolicy::Strict,
-            "unknown_allows" => ConsentPolicy::UnknownAllows,
-            _ => {
-                return Err(ConfigError::invalid(
-                    "CONSENT_POLICY",
-                    "must be strict or unknown_allows",
-                ));
-            }
-        };
+        let consent = ConsentPolicy::from_env()?;
         Ok(Self {
             runtime: RuntimeSettings::from_env(Destination::Meta)?,
             base_url: env::string_or("META_API_BASE_URL", DEFAULT_BASE_URL),

@@ -6,7 +6,7 @@ use reqwest::StatusCode;
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 
-use leadpipe_consumer::{Failure, Outcome};
+use leadpipe_consumer::{Failure, Outcome, http};
 
 use crate::cfg::Settings;
 
@@ -55,18 +55,11 @@ impl MetaClient {
 
     /// The events URL with the token as the `access_token` query parameter.
     fn authed_url(&self) -> String {
-        let token: String = self
-            .token
-            .bytes()
-            .map(|b| {
-                if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                    (b as char).to_string()
-                } else {
-                    format!("%{b:02X}")
-                }
-            })
-            .collect();
-        format!("{}?access_token={token}", self.url)
+        format!(
+            "{}?access_token={}",
+            self.url,
+            http::query_escape(&self.token)
+        )
     }
 
     /// The request body for `events`.
@@ -88,47 +81,33 @@ impl MetaClient {
             .await;
         let response = match response {
             Ok(r) => r,
-            Err(e) => {
-                let code = if e.is_timeout() {
-                    "timeout"
-                } else {
-                    "connection"
-                };
-                // reqwest's message names the URL, whose query holds the token: keep it out.
-                return BatchResult::All(Outcome::Retry {
-                    failure: Failure::new(code, format!("request to Meta failed ({code})")),
-                    retry_after: None,
-                });
-            }
+            Err(e) => return BatchResult::All(http::transport_failure("Meta", &e)),
         };
         let status = response.status();
-        let retry_after = response
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+        let retry_after = http::retry_after(response.headers());
         let body: Value = response.json().await.unwrap_or(Value::Null);
         classify(status, &body, retry_after, events.len())
     }
 
-    /// Whether Meta accepts this token and pixel again: an empty batch is refused as an invalid
-    /// parameter by a working account, and as an auth error otherwise.
+    /// Whether Meta accepts this token and pixel again, asked with a read that has no side
+    /// effect: `GET /{version}/{pixel_id}?fields=id`. Only a 200 means the token and the pixel
+    /// work; an auth or permission error (code 190, 10, 200–299), a server error or no answer
+    /// all mean "still paused". Nothing is posted while paused.
     pub async fn probe(&self) -> bool {
-        let response = self
-            .http
-            .post(self.authed_url())
-            .json(&json!({"data": []}))
-            .send()
-            .await;
-        let Ok(response) = response else { return false };
-        let status = response.status();
-        let body: Value = response.json().await.unwrap_or(Value::Null);
-        match classify(status, &body, None, 0) {
-            BatchResult::Accepted(_) | BatchResult::Poisoned(_) => true,
-            BatchResult::All(Outcome::Permanent(_)) => true,
-            BatchResult::All(_) => false,
+        let url = format!(
+            "{}?fields=id&access_token={}",
+            self.pixel_url(),
+            http::query_escape(&self.token)
+        );
+        match self.http.get(url).send().await {
+            Ok(response) => response.status().is_success(),
+            Err(_) => false,
         }
+    }
+
+    /// `{base}/{version}/{pixel_id}`, the pixel's Graph node.
+    fn pixel_url(&self) -> &str {
+        self.url.strip_suffix("/events").unwrap_or(&self.url)
     }
 }
 

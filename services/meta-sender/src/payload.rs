@@ -5,7 +5,6 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value, json};
 
 use leadpipe_events::hashing::meta as h;
-use leadpipe_events::model::ConsentState;
 use leadpipe_events::{Envelope, LeadEvent};
 
 use crate::cfg::{ConsentPolicy, MetaMapping};
@@ -37,9 +36,8 @@ pub fn build(
     now: DateTime<Utc>,
 ) -> Result<Value, Skip> {
     let ev = &env.event;
-    match (ev.ad_user_data_consent(), consent) {
-        (ConsentState::Granted, _) | (ConsentState::Unknown, ConsentPolicy::UnknownAllows) => {}
-        _ => return Err(Skip::Consent),
+    if !consent.allows(ev.ad_user_data_consent()) {
+        return Err(Skip::Consent);
     }
     let mapping = mapping.ok_or(Skip::Unmapped)?;
     let occurred = ev

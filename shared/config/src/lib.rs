@@ -3,6 +3,7 @@
 //! the service at start-up with a message naming the variable or key and the reason.
 //!
 //! # Layout
+//! - [`consent`]: `CONSENT_POLICY`, how ad destinations gate personal data.
 //! - [`env`]: typed reads of environment variables with defaults.
 //! - [`sources`]: the sources file (`LEADPIPE_SOURCES`): ids, HMAC secrets, regions, limits.
 //! - [`mapping`]: the mapping config (`LEADPIPE_CONFIG`): what each destination receives.
@@ -10,6 +11,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod consent;
 pub mod env;
 pub mod error;
 pub mod mapping;

@@ -12,14 +12,18 @@
 //! - [`retry`]: backoff with full jitter.
 //! - [`cfg`]: settings from the environment.
 //! - [`metrics`]: the sender metric families.
+//! - [`http`]: `Retry-After`, transport failures and plain status codes, for HTTP adapters.
+//! - [`service`]: a sender binary's life (DRY_RUN notice, run until SIGTERM, exit code).
 
 #![forbid(unsafe_code)]
 
 pub mod adapter;
 pub mod cfg;
+pub mod http;
 pub mod metrics;
 pub mod outcome;
 pub mod retry;
+pub mod service;
 pub mod store;
 pub mod worker;
 

@@ -5,22 +5,57 @@
 //! Destinations differ in ways that decide match quality (Meta hashes phones without `+`,
 //! Google with it), so each destination has its own module.
 
+use unicode_normalization::char::is_combining_mark;
+
 use crate::event_id::sha256_hex;
 
 /// Lower-cases, drops punctuation and symbols, and collapses whitespace runs to one space
-/// (accents kept, NFC). Shared by names across destinations (N1–N4).
+/// (accents kept, NFC, combining marks without a precomposed form kept too). Shared by names
+/// across destinations (N1–N4).
 fn name_form(raw: &str) -> String {
+    letters_and(raw, |c| c.is_alphanumeric())
+}
+
+/// NFC, lower-case, keeps the letters (and combining marks, so `ẹ́` keeps its acute) that
+/// `keep` accepts plus single spaces between words; everything else goes.
+fn letters_and(raw: &str, keep: impl Fn(char) -> bool) -> String {
     let cleaned: String = crate::identifiers::clean(raw)
         .to_lowercase()
         .chars()
-        .filter(|c| c.is_alphanumeric() || c.is_whitespace())
+        .filter(|&c| keep(c) || is_combining_mark(c) || c.is_whitespace())
         .collect();
     cleaned.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
+/// E.164 with its `+` (`+16505551234`), the form Google Ads, Data Manager and GA4 hash;
+/// `None` for anything else.
+fn e164_form(e164: &str) -> Option<&str> {
+    let digits = e164.strip_prefix('+')?;
+    (digits.len() >= 7
+        && digits.len() <= 15
+        && !digits.starts_with('0')
+        && digits.bytes().all(|b| b.is_ascii_digit()))
+    .then_some(e164)
+}
+
+/// Splits an address at its last `@` and applies `local_rule` to the local part of gmail and
+/// googlemail addresses only (the domain is kept as typed, vector E3).
+fn gmail_rule(email: &str, local_rule: impl Fn(&str) -> String) -> Option<String> {
+    let (local, domain) = email.rsplit_once('@')?;
+    if local.is_empty() || domain.is_empty() {
+        return None;
+    }
+    if domain == "gmail.com" || domain == "googlemail.com" {
+        let local = local_rule(local);
+        (!local.is_empty()).then(|| format!("{local}@{domain}"))
+    } else {
+        Some(email.to_owned())
+    }
+}
+
 /// Meta Conversions API `user_data` rules [M4].
 pub mod meta {
-    use super::{name_form, sha256_hex};
+    use super::{is_dash, letters_and, name_form, sha256_hex};
 
     /// `em`: trimmed, lower-cased; dots and `+tags` kept for every domain (E1–E4).
     pub fn email(normalized: &str) -> Option<String> {
@@ -41,24 +76,16 @@ pub mod meta {
         (!v.is_empty()).then(|| sha256_hex(&v))
     }
 
-    /// `ct`: lower-case letters only, no spaces or punctuation (C1).
+    /// `ct`: lower-case letters only, no spaces or punctuation (C1); accents kept.
     pub fn city(raw: &str) -> Option<String> {
-        let v: String = raw
-            .to_lowercase()
-            .chars()
-            .filter(|c| c.is_alphabetic())
-            .collect();
+        let v: String = letters_and(raw, char::is_alphabetic).replace(' ', "");
         (!v.is_empty()).then(|| sha256_hex(&v))
     }
 
     /// `st`: for the US, the two-letter code (a full state name is mapped, S1–S2); elsewhere
     /// lower-case without punctuation or spaces.
     pub fn state(raw: &str, country: Option<&str>) -> Option<String> {
-        let compact: String = raw
-            .to_lowercase()
-            .chars()
-            .filter(|c| c.is_alphanumeric())
-            .collect();
+        let compact: String = letters_and(raw, char::is_alphanumeric).replace(' ', "");
         if compact.is_empty() {
             return None;
         }
@@ -70,16 +97,24 @@ pub mod meta {
         Some(sha256_hex(&v))
     }
 
-    /// `zp`: lower-case, no spaces or dashes; US: the first five digits (Z1–Z2).
+    /// `zp`: lower-case, no spaces, no dashes, every other character kept (`26738-274` →
+    /// `26738274`, `M1 1AE` → `m11ae`). US: the first five digits (Z1) — for a US lead, or a
+    /// lead of unknown country whose code has the US shape (`12345`, `12345-6789`).
     pub fn zip(raw: &str, country: Option<&str>) -> Option<String> {
-        let v: String = raw
+        let v: String = crate::identifiers::clean(raw)
             .to_lowercase()
             .chars()
-            .filter(|c| c.is_alphanumeric())
+            .filter(|&c| !c.is_whitespace() && !is_dash(c))
             .collect();
-        let v = if country.is_none_or(|c| c.eq_ignore_ascii_case("US"))
+        let digits = v.bytes().all(|b| b.is_ascii_digit());
+        let us = match country {
+            Some(c) => c.eq_ignore_ascii_case("US"),
+            None => digits && (v.len() == 5 || v.len() == 9),
+        };
+        let v = if us
             && v.len() >= 5
-            && v.chars().all(|c| c.is_ascii_digit())
+            && v.is_char_boundary(5)
+            && v[..5].bytes().all(|b| b.is_ascii_digit())
         {
             v[..5].to_owned()
         } else {
@@ -108,6 +143,97 @@ pub mod meta {
     /// `external_id`: SHA-256 of the exact string, no case folding (X1).
     pub fn external_id(raw: &str) -> Option<String> {
         (!raw.is_empty()).then(|| sha256_hex(raw))
+    }
+}
+
+/// Whether `c` is a dash of any Unicode kind (`-`, `‐`, `–`, `—`, `−`, full-width `－`, …).
+fn is_dash(c: char) -> bool {
+    matches!(
+        c,
+        '-' | '\u{2010}'
+            ..='\u{2015}' | '\u{2043}' | '\u{2212}' | '\u{FE58}' | '\u{FE63}' | '\u{FF0D}'
+    )
+}
+
+/// Google Ads and Data Manager rules for user-provided data [A3, A13, A14, A22, A23].
+pub mod google {
+    use super::{e164_form, gmail_rule, name_form, sha256_hex};
+
+    /// `hashedEmail` / `emailAddress`: whitespace removed anywhere, lower-cased; for gmail and
+    /// googlemail only, dots and a `+suffix` removed from the local part (E1–E4).
+    pub fn email(normalized: &str) -> Option<String> {
+        let v: String = normalized
+            .chars()
+            .filter(|c| !c.is_whitespace())
+            .collect::<String>()
+            .to_lowercase();
+        let v = gmail_rule(&v, |local| {
+            local.split('+').next().unwrap_or_default().replace('.', "")
+        })?;
+        Some(sha256_hex(&v))
+    }
+
+    /// `hashedPhoneNumber` / `phoneNumber`: E.164 **with** its `+` (P1–P8).
+    pub fn phone(e164: &str) -> Option<String> {
+        e164_form(e164).map(sha256_hex)
+    }
+
+    /// `hashedFirstName` / `givenName`, `hashedLastName` / `familyName`: lower-case, no
+    /// punctuation, single internal spaces, accents kept (N1–N4).
+    pub fn name(raw: &str) -> Option<String> {
+        let v = name_form(raw);
+        (!v.is_empty()).then(|| sha256_hex(&v))
+    }
+}
+
+/// GA4 Measurement Protocol `user_data` rules [G4].
+pub mod ga4 {
+    use super::{e164_form, gmail_rule, letters_and, sha256_hex};
+
+    /// `sha256_email_address`: trimmed, lower-cased; gmail/googlemail only: dots removed from
+    /// the local part, `+tag` kept (E1–E4).
+    pub fn email(normalized: &str) -> Option<String> {
+        let v = normalized.trim().to_lowercase();
+        let v = gmail_rule(&v, |local| local.replace('.', ""))?;
+        Some(sha256_hex(&v))
+    }
+
+    /// `sha256_phone_number`: E.164 **with** its `+` (P1–P8).
+    pub fn phone(e164: &str) -> Option<String> {
+        e164_form(e164).map(sha256_hex)
+    }
+
+    /// `address[].sha256_first_name` / `sha256_last_name`: digits and symbols removed,
+    /// lower-cased, trimmed; accents kept (N1–N4).
+    pub fn name(raw: &str) -> Option<String> {
+        let v = letters_and(raw, char::is_alphabetic);
+        (!v.is_empty()).then(|| sha256_hex(&v))
+    }
+
+    /// `address[].sha256_street`: symbols removed, lower-cased, trimmed.
+    pub fn street(raw: &str) -> Option<String> {
+        let v = letters_and(raw, char::is_alphanumeric);
+        (!v.is_empty()).then(|| sha256_hex(&v))
+    }
+
+    /// `address[].city` and `address[].region`, plain: digits and symbols removed, lower-cased,
+    /// trimmed, spaces kept (C1: `new york`).
+    pub fn place(raw: &str) -> Option<String> {
+        let v = letters_and(raw, char::is_alphabetic);
+        (!v.is_empty()).then_some(v)
+    }
+
+    /// `address[].postal_code`, plain: `.` and `~` removed, trimmed (Z1: `94025-1234` kept).
+    pub fn postal_code(raw: &str) -> Option<String> {
+        let v: String = raw.chars().filter(|c| !matches!(c, '.' | '~')).collect();
+        let v = v.trim();
+        (!v.is_empty()).then(|| v.to_owned())
+    }
+
+    /// `address[].country`, plain: the upper-case ISO alpha-2 code (K1–K3).
+    pub fn country(alpha2: &str) -> Option<String> {
+        let v = alpha2.trim().to_ascii_uppercase();
+        (v.len() == 2 && v.bytes().all(|b| b.is_ascii_alphabetic())).then_some(v)
     }
 }
 
@@ -179,8 +305,9 @@ fn us_state_code(compact: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::meta;
+    use super::{ga4, google, meta};
     use crate::identifiers::normalize_phone;
+    use crate::sha256_hex;
 
     #[test]
     fn meta_hashes_match_the_normalization_vectors() {
@@ -346,5 +473,162 @@ mod tests {
         assert_eq!(meta::city("123"), None);
         assert_eq!(meta::gender("x"), None);
         assert_eq!(meta::country("usa"), None);
+    }
+
+    #[test]
+    fn google_and_ga4_emails_follow_their_gmail_rules_vectors_e1_to_e4() {
+        let cases = [
+            // (normalized input, Google Ads digest, GA4 digest)
+            (
+                "john.doe@example.com",
+                "836f82db99121b3481011f16b49dfa5fbc714a0d1b1b9f784a1ebbbf5b39577f",
+                "836f82db99121b3481011f16b49dfa5fbc714a0d1b1b9f784a1ebbbf5b39577f",
+            ),
+            (
+                "jane.doe+promo@gmail.com",
+                "d6117306485ed0e50afab3ac871e98f81699151f30281527d63ff5f233656c69",
+                "3a627126a4392d8cec5f5d4eaa26639d3cfe852ebf1f1b49c3ffa61667798637",
+            ),
+            (
+                "j.a.n.e@googlemail.com",
+                "fae868fcb95956d818cd68d2b23f8bbd93bfcaa5eccc5b8c7b7b4b97bf3b61cb",
+                "fae868fcb95956d818cd68d2b23f8bbd93bfcaa5eccc5b8c7b7b4b97bf3b61cb",
+            ),
+            (
+                "jane.doe+promo@example.com",
+                "c3374bcfe3572e09f37602e0e179782352c5e117a4a3767824abbaa21bbdef8b",
+                "c3374bcfe3572e09f37602e0e179782352c5e117a4a3767824abbaa21bbdef8b",
+            ),
+        ];
+        for (email, google_want, ga4_want) in cases {
+            assert_eq!(
+                google::email(email).as_deref(),
+                Some(google_want),
+                "{email}"
+            );
+            assert_eq!(ga4::email(email).as_deref(), Some(ga4_want), "{email}");
+        }
+        // Google removes intermediate whitespace too (A22).
+        assert_eq!(
+            google::email(" jane. doe@gmail.com"),
+            google::email("janedoe@gmail.com")
+        );
+        assert_eq!(google::email("+tag@gmail.com"), None);
+    }
+
+    #[test]
+    fn the_three_phone_forms_differ_only_by_the_plus_for_every_spelling() {
+        for (raw, region, e164) in crate::identifiers::tests::PHONE_SPELLINGS {
+            // Arrange
+            let parsed = normalize_phone(raw, *region).unwrap();
+            // Act + Assert: Meta without `+`, Google Ads and GA4 with it (F1).
+            assert_eq!(
+                meta::phone(&parsed),
+                Some(sha256_hex(&e164[1..])),
+                "Meta {raw:?}"
+            );
+            assert_eq!(
+                google::phone(&parsed),
+                Some(sha256_hex(e164)),
+                "Google {raw:?}"
+            );
+            assert_eq!(ga4::phone(&parsed), Some(sha256_hex(e164)), "GA4 {raw:?}");
+            assert_ne!(meta::phone(&parsed), google::phone(&parsed));
+        }
+        assert_eq!(google::phone("16505551234"), None);
+        assert_eq!(ga4::phone("+0044"), None);
+    }
+
+    #[test]
+    fn google_and_ga4_phone_digests_match_vectors_p1_and_p2() {
+        let p1 = "a2996076d3ad4af5dc818b908b3d8e354f26ededf7df0e0aa6ac354143805ee0";
+        let p2 = "f0bf0228144d9fe2bdf1da2d8ca698f17bf1410ee688b075c27062e47b6f0b6d";
+        let p1_e164 = normalize_phone("(650) 555-1234", Some("US")).unwrap();
+        let p2_e164 = normalize_phone("0044 20 7946 0958", Some("GB")).unwrap();
+        assert_eq!(google::phone(&p1_e164).as_deref(), Some(p1));
+        assert_eq!(ga4::phone(&p1_e164).as_deref(), Some(p1));
+        assert_eq!(google::phone(&p2_e164).as_deref(), Some(p2));
+        assert_eq!(ga4::phone(&p2_e164).as_deref(), Some(p2));
+    }
+
+    #[test]
+    fn names_keep_accents_and_combining_marks_and_lose_punctuation() {
+        // N1–N4 for every destination.
+        for (raw, want) in [
+            ("  José ", "josé"),
+            ("O'Brien", "obrien"),
+            ("Mary Ann", "mary ann"),
+            ("Núñez-García", "núñezgarcía"),
+        ] {
+            let digest = Some(sha256_hex(want));
+            assert_eq!(meta::name(raw), digest, "Meta {raw}");
+            assert_eq!(google::name(raw), digest, "Google {raw}");
+            assert_eq!(ga4::name(raw), digest, "GA4 {raw}");
+        }
+        // Combining marks with no precomposed form stay: `ẹ́` is U+1EB9 + U+0301 after NFC.
+        for (raw, want) in [
+            ("Ìfẹ́olúwa", "ìfẹ́olúwa"),
+            ("Ọlọ́runfẹ́mi", "ọlọ́runfẹ́mi"),
+            // Decomposed input composes first (NFC), then keeps what has no precomposed form.
+            ("A\u{0300}di\u{0301}o\u{0323}\u{0301}", "àdíọ́"),
+            ("Nguyễn Thị Minh Khai", "nguyễn thị minh khai"),
+            ("Đặng-Trần", "đặngtrần"),
+            ("Zoë d'Arc.", "zoë darc"),
+        ] {
+            let digest = Some(sha256_hex(want));
+            assert_eq!(meta::name(raw), digest, "Meta {raw}");
+            assert_eq!(google::name(raw), digest, "Google {raw}");
+            assert_eq!(ga4::name(raw), digest, "GA4 {raw}");
+        }
+        assert!(
+            "ìfẹ́olúwa".contains('\u{0301}'),
+            "the vector itself keeps its combining acute"
+        );
+        // GA4 also removes digits from names.
+        assert_eq!(ga4::name("Ann 2"), Some(sha256_hex("ann")));
+    }
+
+    #[test]
+    fn meta_postal_codes_lose_only_spaces_and_dashes_outside_the_us() {
+        for (raw, country, want) in [
+            ("26738-274", Some("BR"), "26738274"),
+            ("26738-274", None, "26738274"),
+            ("332-5485", Some("JP"), "3325485"),
+            ("332-5485", None, "3325485"),
+            ("332\u{2010}5485", None, "3325485"),
+            ("100\u{A0}0001", Some("JP"), "1000001"),
+            ("M1 1AE", Some("GB"), "m11ae"),
+            ("SW1A 2AA", Some("GB"), "sw1a2aa"),
+            ("H3Z 2Y7", Some("CA"), "h3z2y7"),
+            ("1010", Some("AT"), "1010"),
+            ("75008", Some("FR"), "75008"),
+            ("D02 X285", Some("IE"), "d02x285"),
+            ("94025-1234", Some("US"), "94025"),
+            ("94025-1234", None, "94025"),
+            ("940251234", Some("US"), "94025"),
+            ("94025", None, "94025"),
+        ] {
+            assert_eq!(
+                meta::zip(raw, country),
+                Some(sha256_hex(want)),
+                "{raw} [{country:?}]"
+            );
+        }
+        assert_eq!(meta::zip(" - ", Some("BR")), None);
+    }
+
+    #[test]
+    fn ga4_plain_address_fields_follow_g4() {
+        assert_eq!(ga4::place("New York").as_deref(), Some("new york"));
+        assert_eq!(ga4::place("California").as_deref(), Some("california"));
+        assert_eq!(ga4::place("São Paulo 2").as_deref(), Some("são paulo"));
+        assert_eq!(
+            ga4::postal_code("94025-1234").as_deref(),
+            Some("94025-1234")
+        );
+        assert_eq!(ga4::postal_code(" M1 1AE ").as_deref(), Some("M1 1AE"));
+        assert_eq!(ga4::postal_code("1.0~1").as_deref(), Some("101"));
+        assert_eq!(ga4::country("us").as_deref(), Some("US"));
+        assert_eq!(ga4::country("USA"), None);
     }
 }

@@ -9,7 +9,7 @@ use std::str::FromStr;
 use chrono::NaiveDate;
 use unicode_normalization::UnicodeNormalization;
 
-use crate::model::MAX_PHONE_CHARS;
+use crate::model::{MAX_PHONE_CHARS, MAX_PHONE_INPUT_CHARS};
 
 /// Longest email address accepted (RFC 5321 path limit), in characters.
 pub const MAX_EMAIL_CHARS: usize = 254;
@@ -58,21 +58,109 @@ pub fn normalize_email(raw: &str) -> Option<String> {
 /// Parses a phone number with libphonenumber and formats it as E.164 (`+16505551234`).
 ///
 /// `region` (ISO alpha-2) completes national numbers; without it only numbers written with an
-/// international prefix parse. Extensions are dropped. The input is bounded to
-/// [`MAX_PHONE_CHARS`] before it reaches the parser.
+/// international prefix parse. The text is first brought to ASCII separators and stripped of
+/// its extension and `tel:` wrapping ([`phone_text`]). The input is bounded to
+/// [`MAX_PHONE_INPUT_CHARS`], and what reaches the parser to [`MAX_PHONE_CHARS`].
 pub fn normalize_phone(raw: &str, region: Option<&str>) -> Option<String> {
-    let raw = raw.trim();
-    if raw.is_empty() || raw.chars().count() > MAX_PHONE_CHARS {
+    if raw.chars().count() > MAX_PHONE_INPUT_CHARS {
+        return None;
+    }
+    let text = phone_text(raw);
+    if text.is_empty() || text.chars().count() > MAX_PHONE_CHARS {
         return None;
     }
     let region = region.and_then(|r| phonenumber::country::Id::from_str(r).ok());
-    let number = phonenumber::parse(region, raw).ok()?;
+    let number = phonenumber::parse(region, &text).ok()?;
     if !phonenumber::is_valid(&number) {
         return None;
     }
     Some(number.format().mode(phonenumber::Mode::E164).to_string())
 }
 
+/// The part of a phone number libphonenumber should see, in ASCII separators.
+///
+/// Chatbots pass on what people type or paste: NBSP, thin and ideographic spaces, tabs, Unicode
+/// dashes and full-width digits inside the number, RFC 3966 `tel:` URIs with `;ext=` and other
+/// parameters, and extensions written `ext.`, `ext`, `extension`, `x` or `#`. Every Unicode
+/// space becomes a space and every dash a `-`; the `tel:` scheme, the URI parameters and a
+/// trailing extension are removed (the extension is never part of the identifier,
+/// `normalization.md` §2 step 6).
+pub fn phone_text(raw: &str) -> String {
+    let mut s = String::with_capacity(raw.len());
+    for c in raw.chars() {
+        let mapped = match c {
+            // Zero-width and formatting characters that paste along with numbers.
+            '\u{200B}'..='\u{200D}' | '\u{2060}' | '\u{FEFF}' | '\u{00AD}' => continue,
+            c if c.is_whitespace() => ' ',
+            '\u{2010}'..='\u{2015}'
+            | '\u{2043}'
+            | '\u{2212}'
+            | '\u{30FC}'
+            | '\u{FE58}'
+            | '\u{FE63}'
+            | '\u{FF0D}'
+            | '\u{FF70}' => '-',
+            '\u{FF0B}' => '+',
+            '\u{FF08}' => '(',
+            '\u{FF09}' => ')',
+            '\u{FF0E}' => '.',
+            '\u{FF0F}' => '/',
+            '\u{FF03}' => '#',
+            '\u{FF1B}' => ';',
+            '\u{FF1D}' => '=',
+            '\u{FF10}'..='\u{FF19}' => char::from(b'0' + (c as u32 - 0xFF10) as u8),
+            c => c,
+        };
+        s.push(mapped);
+    }
+    let mut text = s.trim();
+    if text.len() >= 4 && text[..4].eq_ignore_ascii_case("tel:") {
+        text = text[4..].trim_start();
+    }
+    // RFC 3966 parameters (`;ext=`, `;isub=`, `;phone-context=`) follow the number.
+    if let Some(at) = text.find(';') {
+        text = &text[..at];
+    }
+    // Runs of spaces, dashes and dots become one space: they carry no meaning to the parser,
+    // and the parser refuses some of them inside a country code (`+4-4 20…`, `+3.3 1…`).
+    // Parentheses stay, since they mark the trunk prefix (`+49 (0)30…`).
+    let mut out = String::with_capacity(text.len());
+    for c in strip_extension(text.trim()).chars() {
+        if matches!(c, ' ' | '-' | '.') {
+            if !out.ends_with(' ') {
+                out.push(' ');
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out.trim().to_owned()
+}
+
+/// Cuts a trailing extension: a marker (`ext`, `ext.`, `extn`, `extension`, `x`, `#`, with
+/// an optional `:` or `=`) followed by its digits, at the end of the text.
+fn strip_extension(text: &str) -> &str {
+    let digits_from = text.trim_end_matches(|c: char| c.is_ascii_digit()).len();
+    if digits_from == text.len() {
+        return text;
+    }
+    let before = text[..digits_from].trim_end();
+    let before = before
+        .strip_suffix([':', '='])
+        .map_or(before, str::trim_end);
+    let lower = before.to_ascii_lowercase();
+    for marker in ["extension", "extn.", "extn", "ext.", "ext", "x.", "x", "#"] {
+        if lower.ends_with(marker) {
+            let number = before[..before.len() - marker.len()].trim_end();
+            // A marker glued to letters (`fax`) is not an extension.
+            let glued = number.ends_with(|c: char| c.is_ascii_alphabetic());
+            if !number.is_empty() && !glued {
+                return number;
+            }
+        }
+    }
+    text
+}
 /// Maps an ISO 3166-1 alpha-2 or alpha-3 code, or a common English country name, to the
 /// upper-case alpha-2 code (`United States` → `US`).
 pub fn normalize_country(raw: &str) -> Option<String> {
@@ -157,7 +245,7 @@ pub fn is_http_url(s: &str) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
 
@@ -268,11 +356,106 @@ mod tests {
         assert_eq!(normalize_phone("not a phone", Some("US")), None);
         assert_eq!(normalize_phone("123", Some("US")), None);
         assert_eq!(normalize_phone(&"9".repeat(41), Some("US")), None);
+        assert_eq!(
+            normalize_phone(&format!("+1 201 555 0123;{}", "x".repeat(120)), Some("US")),
+            None
+        );
         // International numbers parse without a region.
         assert_eq!(
             normalize_phone("+44 20 7946 0958", None).as_deref(),
             Some("+442079460958")
         );
+    }
+
+    /// (raw, default region, E.164) for every spelling chatbots send that libphonenumber
+    /// accepts: Unicode separators inside the number, extensions in each spelling, `tel:`
+    /// URIs, and the international prefixes of several regions (`normalization.md` §2).
+    pub(crate) const PHONE_SPELLINGS: &[(&str, Option<&str>, &str)] = &[
+        // Unicode spaces and dashes inside the number.
+        ("+1\u{A0}201-555-0123", None, "+12015550123"),
+        ("+1\u{2009}201\u{2009}555\u{2009}0123", None, "+12015550123"),
+        (
+            "+1\u{202F}(201)\u{202F}555\u{2011}0123",
+            None,
+            "+12015550123",
+        ),
+        ("+81\u{3000}3\u{3000}1234\u{3000}5678", None, "+81312345678"),
+        ("+44\t20\t7946\t0958", None, "+442079460958"),
+        ("201\u{2013}555\u{2013}0123", Some("US"), "+12015550123"),
+        ("201\u{2212}555\u{2212}0123", Some("US"), "+12015550123"),
+        (
+            "\u{FF0B}\u{FF11} \u{FF12}\u{FF10}\u{FF11} \u{FF15}\u{FF15}\u{FF15} \u{FF10}\u{FF11}\u{FF12}\u{FF13}",
+            None,
+            "+12015550123",
+        ),
+        (
+            "\u{200B}+55\u{A0}11\u{A0}98765\u{2010}4321\u{FEFF}",
+            None,
+            "+5511987654321",
+        ),
+        ("(11) 98765\u{2011}4321", Some("BR"), "+5511987654321"),
+        // Extensions, in every spelling; never appended to the digits.
+        ("+1 201-555-0123 ext. 44", None, "+12015550123"),
+        ("+1 201-555-0123 ext 44", None, "+12015550123"),
+        ("+1 201-555-0123 ext44", None, "+12015550123"),
+        ("+1 201-555-0123 EXT: 44", None, "+12015550123"),
+        ("+1 201-555-0123 extension 44", None, "+12015550123"),
+        ("+1 201-555-0123 x44", None, "+12015550123"),
+        ("+1 201-555-0123 x 44", None, "+12015550123"),
+        ("+1 201-555-0123 X.44", None, "+12015550123"),
+        ("+1 201-555-0123 #44", None, "+12015550123"),
+        ("+1 201-555-0123;ext=44", None, "+12015550123"),
+        (
+            "+1\u{A0}201\u{A0}555\u{A0}0123\u{A0}ext.\u{A0}44",
+            None,
+            "+12015550123",
+        ),
+        ("(201) 555-0123 x7", Some("US"), "+12015550123"),
+        // RFC 3966 `tel:` URIs, with and without parameters.
+        ("tel:+1-201-555-0123", None, "+12015550123"),
+        ("TEL:+1-201-555-0123;ext=44", None, "+12015550123"),
+        (
+            "tel:+44-20-7946-0958;phone-context=example.com",
+            None,
+            "+442079460958",
+        ),
+        // International prefixes of the lead's region.
+        ("00 44 20 7946 0958", Some("DE"), "+442079460958"),
+        ("011 44 20 7946 0958", Some("CA"), "+442079460958"),
+        ("010 44 20 7946 0958", Some("JP"), "+442079460958"),
+        ("0011 44 20 7946 0958", Some("AU"), "+442079460958"),
+        (
+            "0011\u{A0}1\u{A0}201\u{A0}555\u{A0}0123",
+            Some("AU"),
+            "+12015550123",
+        ),
+    ];
+
+    #[test]
+    fn every_spelling_of_separator_extension_prefix_and_tel_uri_parses_to_e164() {
+        for (raw, region, want) in PHONE_SPELLINGS {
+            assert_eq!(
+                normalize_phone(raw, *region).as_deref(),
+                Some(*want),
+                "{raw:?} [{region:?}]"
+            );
+        }
+    }
+
+    #[test]
+    fn phone_text_keeps_the_number_and_drops_only_the_extension() {
+        assert_eq!(phone_text("tel:+1-201-555-0123;ext=44"), "+1 201 555 0123");
+        assert_eq!(phone_text("+1 201 555 0123 ext. 44"), "+1 201 555 0123");
+        assert_eq!(phone_text("+1\u{A0}201\u{2013}555"), "+1 201 555");
+        assert_eq!(phone_text("+4-4 . 20\u{3000}7946"), "+4 4 20 7946");
+        assert_eq!(phone_text("+49 (0)30 123456"), "+49 (0)30 123456");
+        // Digits at the end that are not behind a marker are part of the number.
+        assert_eq!(phone_text("+1 201 555 0123"), "+1 201 555 0123");
+        // A word ending in x is not an extension marker.
+        assert_eq!(phone_text("fax 44"), "fax 44");
+        assert_eq!(normalize_phone("x44", Some("US")), None);
+        assert_eq!(normalize_phone("tel:", Some("US")), None);
+        assert_eq!(normalize_phone("\u{A0}\u{3000}", Some("US")), None);
     }
 
     #[test]
@@ -355,6 +538,33 @@ mod tests {
             if let Some(once) = normalize_phone(&digits, Some(region)) {
                 prop_assert_eq!(normalize_phone(&once, Some(region)), Some(once.clone()));
             }
+        }
+
+        #[test]
+        fn e164_with_arbitrary_unicode_separators_parses_to_the_same_e164(
+            e164 in prop::sample::select(vec![
+                "+12015550123", "+442079460958", "+4930123456", "+390612345678",
+                "+81312345678", "+5511987654321", "+33123456789", "+61212345678",
+                "+2348031234567", "+84912345678", "+919876543210", "+16505551234",
+            ]),
+            seps in prop::collection::vec(
+                prop::sample::select(vec![
+                    "", "", " ", "\u{A0}", "\u{2009}", "\u{202F}", "\u{3000}", "\t",
+                    "-", "\u{2010}", "\u{2011}", "\u{2013}", "\u{2014}", "\u{2212}",
+                    "\u{FF0D}", ".", "\u{200B}", " - ",
+                ]),
+                16,
+            ),
+        ) {
+            // Arrange: a separator (maybe none) after the `+` and after every digit.
+            let mut rendered = String::from("+");
+            for (i, digit) in e164[1..].chars().enumerate() {
+                rendered.push_str(seps[i % seps.len()]);
+                rendered.push(digit);
+            }
+            // Act + Assert
+            let parsed = normalize_phone(&rendered, None);
+            prop_assert_eq!(parsed.as_deref(), Some(e164), "{:?}", rendered);
         }
 
         #[test]

@@ -20,7 +20,11 @@ pub const MAX_URL_CHARS: usize = 2048;
 pub const MAX_USER_AGENT_CHARS: usize = 1024;
 /// Longest accepted transcript, in bytes (64 KiB).
 pub const MAX_TRANSCRIPT_BYTES: usize = 64 * 1024;
-/// Longest phone input handed to the phone parser, in characters; bounded before parsing.
+/// Longest `contact.phone` accepted, in characters: room for a `tel:` URI with parameters or
+/// an extension around the number.
+pub const MAX_PHONE_INPUT_CHARS: usize = 128;
+/// Longest phone text handed to the phone parser once the `tel:` wrapping, URI parameters and
+/// extension are removed, in characters; bounded before parsing.
 pub const MAX_PHONE_CHARS: usize = 40;
 /// Most entries accepted in `external_ids`.
 pub const MAX_EXTERNAL_IDS: usize = 20;

@@ -300,11 +300,37 @@ fn refunds_need_a_kind_and_partial_ones_a_remaining_value() {
         errors_for(with(refund.clone(), "/refund", json!({}))),
         vec![("refund.kind".into(), codes::REQUIRED)]
     );
+    // A 30 % refund of 100: `value` 30 refunded, the order worth 70 afterwards. What the
+    // order is worth afterwards may exceed what was refunded (SPEC §2).
+    let partial = with(
+        with(refund.clone(), "/value", json!(30)),
+        "/refund",
+        json!({"kind": "partial", "remaining_value": 70}),
+    );
+    let ok = check(partial).unwrap();
+    assert_eq!(ok.event.value, Some(30.0));
+    assert_eq!(ok.event.refund.unwrap().remaining_value, Some(70.0));
+    assert!(
+        check(with(
+            refund.clone(),
+            "/refund",
+            json!({"kind": "partial", "remaining_value": 500})
+        ))
+        .is_ok()
+    );
+    assert!(
+        check(with(
+            refund.clone(),
+            "/refund",
+            json!({"kind": "partial", "remaining_value": 0})
+        ))
+        .is_ok()
+    );
     assert_eq!(
         errors_for(with(
             refund,
             "/refund",
-            json!({"kind": "partial", "remaining_value": 500})
+            json!({"kind": "partial", "remaining_value": -1})
         )),
         vec![("refund.remaining_value".into(), codes::INVALID_VALUE)]
     );

@@ -515,18 +515,9 @@ fn normalize(
                     codes::REQUIRED,
                     "is required for a partial refund",
                 ),
-                Some(RefundKind::Partial) => {
-                    if let (Some(rem), Some(val)) = (r.remaining_value, ev.value)
-                        && rem > val
-                    {
-                        c.push(
-                            "refund.remaining_value",
-                            codes::INVALID_VALUE,
-                            "must not exceed value",
-                        );
-                    }
-                }
-                Some(RefundKind::Full) => {}
+                // `value` is the amount refunded and `remaining_value` what the order is worth
+                // afterwards: either may be the larger (SPEC §2), so they are not compared.
+                Some(RefundKind::Partial | RefundKind::Full) => {}
             }
         }
         (None, false) => {}
@@ -565,7 +556,7 @@ fn normalize(
         c.with(
             "contact.phone",
             &mut contact.phone,
-            crate::model::MAX_PHONE_CHARS,
+            crate::model::MAX_PHONE_INPUT_CHARS,
             codes::INVALID_PHONE,
             if region.is_some() {
                 "is not a valid phone number for its country"
