@@ -48,4 +48,4 @@ test: services
 bench: services
 	$(CARGO) build --release --workspace --bins
 	$(CARGO) bench -p leadpipe-tests --bench ingest
-	$(CARGO) bench -p leadpipe-tests --bench meta_sender
+	$(CARGO) bench -p leadpipe-tests --bench senders

@@ -539,6 +539,9 @@ impl leadpipe_consumer::Adapter for FnAdapter {
     async fn probe(&self) -> bool {
         true
     }
+    fn verdict_delay(&self, _poll: u32) -> Duration {
+        Duration::from_millis(200)
+    }
 }
 
 /// Drops a database made by [`fresh_database`] (closing anyone still connected).
@@ -573,6 +576,9 @@ pub fn bin_path(name: &str) -> PathBuf {
 #[path = "support/fake_meta.rs"]
 pub mod fake_meta;
 
+#[path = "support/fake_ga4.rs"]
+pub mod fake_ga4;
+
 /// A lead that happened an hour ago, with ad consent granted.
 pub fn recent_lead(lead_id: &str) -> Value {
     let mut e = lead(lead_id);
@@ -600,8 +606,45 @@ pub fn envelope_of(event: &Value) -> leadpipe_events::Envelope {
 
 /// The token the fake Meta accepts by default.
 pub const META_TOKEN: &str = "good-token";
+/// The API secret the fake GA4 attributes requests with.
+pub const GA4_SECRET: &str = "ga4-secret";
+/// The measurement id tests use.
+pub const GA4_MEASUREMENT_ID: &str = "G-TEST123";
 
-/// A namespace, a database and a fake Meta: everything a sender test needs.
+/// The shipped mapping config (`config/leadpipe.toml`).
+pub fn shipped_mapping() -> leadpipe_config::mapping::MappingConfig {
+    leadpipe_config::mapping::MappingConfig::parse(leadpipe_config::mapping::SHIPPED_DEFAULTS)
+        .unwrap()
+}
+
+/// Builds a sender around `adapter`, starts it in this process and waits until it is ready.
+pub async fn start_sender<A: leadpipe_consumer::Adapter>(
+    runtime: leadpipe_consumer::RuntimeSettings,
+    adapter: A,
+) -> TestSender {
+    let shutdown = CancellationToken::new();
+    let name = adapter.destination().as_str();
+    let sender = leadpipe_consumer::Sender::build(runtime, adapter, shutdown.clone())
+        .await
+        .unwrap_or_else(|e| panic!("{name} sender builds: {e:#}"));
+    let base = format!("http://{}", sender.metrics_addr());
+    let handle = tokio::spawn(sender.run_until_stopped(shutdown.clone()));
+    let s = TestSender {
+        base,
+        shutdown,
+        handle,
+    };
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            s.readyz().await == 200
+        })
+        .await,
+        "{name} sender never became ready"
+    );
+    s
+}
+
+/// A namespace, a database and fakes of the destinations: everything a sender test needs.
 pub struct Pipeline {
     /// Names of the namespace.
     pub names: Names,
@@ -613,6 +656,8 @@ pub struct Pipeline {
     pub broker: Broker,
     /// The fake Meta.
     pub meta: fake_meta::FakeMeta,
+    /// The fake GA4.
+    pub ga4: fake_ga4::FakeGa4,
     publisher: leadpipe_bus::Publisher,
     shutdown: CancellationToken,
 }
@@ -638,6 +683,8 @@ pub struct SenderOptions {
     pub database_url: Option<String>,
     /// `PAUSE_AFTER_FAILED_BATCHES`.
     pub pause_after_failed_batches: u32,
+    /// `GA4_VALIDATE`.
+    pub ga4_validate: bool,
 }
 
 impl Default for SenderOptions {
@@ -652,6 +699,7 @@ impl Default for SenderOptions {
             amqp_url: None,
             database_url: None,
             pause_after_failed_batches: 5,
+            ga4_validate: false,
         }
     }
 }
@@ -708,6 +756,7 @@ impl Pipeline {
             database_url,
             pool,
             meta: fake_meta::FakeMeta::start(META_TOKEN).await,
+            ga4: fake_ga4::FakeGa4::start(GA4_SECRET).await,
             publisher,
             shutdown,
         }
@@ -742,8 +791,8 @@ impl Pipeline {
             .expect("published");
     }
 
-    /// meta-sender settings for this pipeline.
-    pub fn meta_settings(&self, opts: &SenderOptions) -> leadpipe_meta_sender::cfg::Settings {
+    /// The runtime's settings for a sender of this pipeline.
+    pub fn runtime_settings(&self, opts: &SenderOptions) -> leadpipe_consumer::RuntimeSettings {
         let mut runtime = leadpipe_consumer::RuntimeSettings::defaults(
             AmqpSettings {
                 url: opts.amqp_url.clone().unwrap_or_else(amqp_url),
@@ -766,12 +815,13 @@ impl Pipeline {
         runtime.max_attempts = opts.max_attempts;
         runtime.retry_base = Duration::from_millis(200);
         runtime.pause_probe_max = Duration::from_millis(300);
-        let mapping = leadpipe_config::mapping::MappingConfig::parse(
-            leadpipe_config::mapping::SHIPPED_DEFAULTS,
-        )
-        .unwrap();
+        runtime
+    }
+
+    /// meta-sender settings for this pipeline.
+    pub fn meta_settings(&self, opts: &SenderOptions) -> leadpipe_meta_sender::cfg::Settings {
         leadpipe_meta_sender::cfg::Settings {
-            runtime,
+            runtime: self.runtime_settings(opts),
             base_url: self.meta.base_url.clone(),
             api_version: "v25.0".into(),
             pixel_id: Some("1234567890".into()),
@@ -781,36 +831,73 @@ impl Pipeline {
             timeout: Duration::from_secs(5),
             max_batch: 500,
             consent: leadpipe_meta_sender::cfg::ConsentPolicy::Strict,
-            mappings: leadpipe_meta_sender::cfg::meta_mappings(&mapping).unwrap(),
+            mappings: leadpipe_meta_sender::cfg::meta_mappings(&shipped_mapping()).unwrap(),
+        }
+    }
+
+    /// ga4-sender settings for this pipeline.
+    pub fn ga4_settings(&self, opts: &SenderOptions) -> leadpipe_ga4_sender::cfg::Settings {
+        leadpipe_ga4_sender::cfg::Settings {
+            runtime: self.runtime_settings(opts),
+            base_url: self.ga4.base_url.clone(),
+            measurement_id: Some(GA4_MEASUREMENT_ID.into()),
+            api_secret: Some(SecretString::from(GA4_SECRET)),
+            validate: opts.ga4_validate,
+            dry_run: opts.dry_run,
+            timeout: Duration::from_secs(5),
+            concurrent_requests: 16,
+            engagement_time_msec: 100,
+            consent: leadpipe_config::consent::ConsentPolicy::Strict,
+            mappings: leadpipe_ga4_sender::cfg::ga4_mappings(&shipped_mapping()).unwrap(),
         }
     }
 
     /// Starts meta-sender in this process.
     pub async fn start_meta(&self, opts: SenderOptions) -> TestSender {
         let settings = self.meta_settings(&opts);
-        let shutdown = CancellationToken::new();
-        let sender = leadpipe_consumer::Sender::build(
-            settings.runtime.clone(),
-            leadpipe_meta_sender::MetaAdapter::new(settings),
-            shutdown.clone(),
-        )
-        .await
-        .expect("meta-sender builds");
-        let base = format!("http://{}", sender.metrics_addr());
-        let handle = tokio::spawn(sender.run_until_stopped(shutdown.clone()));
-        let s = TestSender {
-            base,
-            shutdown,
-            handle,
-        };
-        assert!(
-            eventually(Duration::from_secs(20), || async {
-                s.readyz().await == 200
-            })
-            .await,
-            "meta-sender never became ready"
-        );
-        s
+        let runtime = settings.runtime.clone();
+        start_sender(runtime, leadpipe_meta_sender::MetaAdapter::new(settings)).await
+    }
+
+    /// Starts ga4-sender in this process.
+    pub async fn start_ga4(&self, opts: SenderOptions) -> TestSender {
+        let settings = self.ga4_settings(&opts);
+        let runtime = settings.runtime.clone();
+        start_sender(runtime, leadpipe_ga4_sender::Ga4Adapter::new(settings)).await
+    }
+
+    /// Starts a sender's real binary on this pipeline (batches of 20, 2 s leases, fast
+    /// retries), with `env` for its destination's variables.
+    pub fn spawn_sender_binary(&self, binary: &str, env: &[(&str, &str)]) -> tokio::process::Child {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut command = tokio::process::Command::new(bin_path(binary));
+        command
+            .env("AMQP_URL", amqp_url())
+            .env("DATABASE_URL", &self.database_url)
+            .env("LEADPIPE_NAMESPACE", self.names.namespace())
+            .env(
+                "LEADPIPE_CONFIG",
+                format!("{}/../config/leadpipe.toml", env!("CARGO_MANIFEST_DIR")),
+            )
+            .env("METRICS_ADDR", format!("127.0.0.1:{port}"))
+            .env("BATCH_SIZE", "20")
+            .env("BATCH_MAX_WAIT_MS", "50")
+            .env("LEASE_SECS", "2")
+            .env("RETRY_BASE_MS", "200")
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true);
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        command
+            .spawn()
+            .unwrap_or_else(|e| panic!("{binary} starts: {e}"))
     }
 
     /// `(status, attempts)` of an event's meta row.
@@ -839,21 +926,49 @@ impl Pipeline {
 
     /// Waits until the event's meta row has `status`; panics with the last row otherwise.
     pub async fn wait_status(&self, event_id: &str, status: &str, timeout: Duration) -> i32 {
+        self.wait_status_in(Destination::Meta, event_id, status, timeout)
+            .await
+    }
+
+    /// Waits until the event's row for `destination` has `status`; panics with the last row
+    /// otherwise. Returns the attempts.
+    pub async fn wait_status_in(
+        &self,
+        destination: Destination,
+        event_id: &str,
+        status: &str,
+        timeout: Duration,
+    ) -> i32 {
         let ok = eventually(timeout, || async {
-            self.row(event_id).await.is_some_and(|(s, _)| s == status)
+            self.row_in(destination, event_id)
+                .await
+                .is_some_and(|(s, _)| s == status)
         })
         .await;
-        let row = self.row(event_id).await;
+        let row = self.row_in(destination, event_id).await;
         assert!(ok, "{event_id}: wanted {status}, row is {row:?}");
         row.unwrap().1
     }
 
     /// Waits until `n` meta rows have `status`.
     pub async fn wait_count(&self, status: &str, n: i64, timeout: Duration) {
+        self.wait_count_in(Destination::Meta, status, n, timeout)
+            .await
+    }
+
+    /// Waits until `n` rows of `destination` have `status`.
+    pub async fn wait_count_in(
+        &self,
+        destination: Destination,
+        status: &str,
+        n: i64,
+        timeout: Duration,
+    ) {
         let count = || async {
             let (c,): (i64,) = sqlx::query_as(
-                "SELECT count(*) FROM deliveries WHERE destination = 'meta' AND status = $1",
+                "SELECT count(*) FROM deliveries WHERE destination = $1 AND status = $2",
             )
+            .bind(destination.as_str())
             .bind(status)
             .fetch_one(&self.pool)
             .await

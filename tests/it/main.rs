@@ -4,6 +4,8 @@
 mod cli;
 mod database;
 mod deploy;
+mod ga4_sender;
+mod ga4_sender_binary;
 mod ingest;
 mod ingest_binary;
 mod meta_sender;

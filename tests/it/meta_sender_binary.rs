@@ -1,40 +1,20 @@
 //! The real `meta-sender` binary: SIGKILL mid-batch and SIGTERM.
 
 use std::collections::HashSet;
-use std::process::Stdio;
 use std::time::Duration;
 
 use leadpipe_bus::Destination;
-use leadpipe_tests::{META_TOKEN, Pipeline, SenderOptions, bin_path, eventually, recent_lead};
+use leadpipe_tests::{META_TOKEN, Pipeline, SenderOptions, eventually, recent_lead};
 
 fn spawn_binary(p: &Pipeline) -> tokio::process::Child {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    tokio::process::Command::new(bin_path("meta-sender"))
-        .env("AMQP_URL", leadpipe_tests::amqp_url())
-        .env("DATABASE_URL", &p.database_url)
-        .env("LEADPIPE_NAMESPACE", p.names.namespace())
-        .env(
-            "LEADPIPE_CONFIG",
-            format!("{}/../config/leadpipe.toml", env!("CARGO_MANIFEST_DIR")),
-        )
-        .env("METRICS_ADDR", format!("127.0.0.1:{port}"))
-        .env("META_API_BASE_URL", &p.meta.base_url)
-        .env("META_PIXEL_ID", "1234567890")
-        .env("META_ACCESS_TOKEN", META_TOKEN)
-        .env("BATCH_SIZE", "20")
-        .env("BATCH_MAX_WAIT_MS", "50")
-        .env("LEASE_SECS", "2")
-        .env("RETRY_BASE_MS", "200")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("meta-sender starts")
+    p.spawn_sender_binary(
+        "meta-sender",
+        &[
+            ("META_API_BASE_URL", &p.meta.base_url),
+            ("META_PIXEL_ID", "1234567890"),
+            ("META_ACCESS_TOKEN", META_TOKEN),
+        ],
+    )
 }
 
 #[tokio::test]

@@ -1,77 +1,191 @@
 //! The consumer runtime itself, with test adapters and a cuttable broker connection.
 
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
 use leadpipe_bus::Destination;
-use leadpipe_consumer::store::Store;
-use leadpipe_consumer::{Outcome, Sender};
-use leadpipe_db::DeliveryStatus;
+use leadpipe_consumer::adapter::{Awaiting, Verdict};
+use leadpipe_consumer::{Failure, Item, Outcome, Prepared, Sender};
 use leadpipe_tests::{FnAdapter, Pipeline, SenderOptions, TcpProxy, eventually, recent_lead};
 
 const WAIT: Duration = Duration::from_secs(30);
 
+/// A destination that takes requests and reports each event's outcome later (like Google's
+/// Data Manager API), scripted by lead id: `L-later` is pending at the first poll and recorded
+/// at the second; `L-fail` is refused; `L-resend` must be sent again once, then is recorded
+/// at once.
+struct LaterAdapter {
+    sends: Arc<Mutex<Vec<String>>>,
+    polls: Arc<Mutex<Vec<(String, u32)>>>,
+}
+
+impl leadpipe_consumer::Adapter for LaterAdapter {
+    type Prepared = String;
+    fn destination(&self) -> Destination {
+        Destination::GoogleAds
+    }
+    fn max_batch(&self) -> usize {
+        100
+    }
+    fn prepare(&self, env: &leadpipe_events::Envelope) -> Prepared<String> {
+        Prepared::Send(env.event.lead_id.clone().unwrap_or_default())
+    }
+    async fn send(&self, items: Vec<Item<String>>) -> Vec<Outcome> {
+        let mut sends = self.sends.lock().unwrap();
+        items
+            .into_iter()
+            .map(|item| {
+                let again = sends.contains(&item.prepared);
+                sends.push(item.prepared.clone());
+                if again {
+                    Outcome::Sent {
+                        reference: None,
+                        http_status: Some(200),
+                    }
+                } else {
+                    Outcome::Accepted {
+                        reference: Some(format!("req-1#{}", item.prepared)),
+                    }
+                }
+            })
+            .collect()
+    }
+    async fn probe(&self) -> bool {
+        true
+    }
+    async fn verdicts(&self, items: Vec<Awaiting>) -> Vec<Verdict> {
+        let mut polls = self.polls.lock().unwrap();
+        items
+            .into_iter()
+            .map(|a| {
+                let lead = a.reference.unwrap_or_default().replace("req-1#", "");
+                polls.push((lead.clone(), a.poll));
+                match (lead.as_str(), a.poll) {
+                    ("L-later", 1) => Verdict::Pending,
+                    ("L-later", _) => Verdict::Sent,
+                    ("L-fail", _) => Verdict::Failed(Failure::new(
+                        "click_not_found",
+                        "no click matches the event",
+                    )),
+                    _ => Verdict::Resend {
+                        failure: Failure::new("too_recent_click", "the click is too recent"),
+                        retry_after: Some(Duration::from_millis(100)),
+                    },
+                }
+            })
+            .collect()
+    }
+    fn verdict_delay(&self, _poll: u32) -> Duration {
+        Duration::from_millis(300)
+    }
+}
+
 #[tokio::test]
-async fn an_event_accepted_for_later_confirmation_is_not_resent_and_a_poller_resolves_it() {
+async fn accepted_events_wait_in_the_delay_queues_for_their_verdicts_and_are_resolved_once() {
     // Arrange
     let p = Pipeline::new().await;
-    let event = recent_lead("L-later");
-    let id = p.publish(&event).await;
-    // A destination that takes requests and reports outcomes later (like Data Manager).
-    let adapter = FnAdapter::new(Destination::GoogleAds, |_, n| {
-        vec![
-            Outcome::Accepted {
-                reference: Some("requests/42".into())
-            };
-            n
-        ]
-    });
-    let sends = adapter.events.clone();
-    let mut settings = p.meta_settings(&SenderOptions::default()).runtime;
+    let later_event = recent_lead("L-later");
+    let later = p.publish(&later_event).await;
+    let fail = p.publish(&recent_lead("L-fail")).await;
+    let resend = p.publish(&recent_lead("L-resend")).await;
+    let adapter = LaterAdapter {
+        sends: Arc::default(),
+        polls: Arc::default(),
+    };
+    let (sends, polls) = (adapter.sends.clone(), adapter.polls.clone());
+    let mut settings = p.runtime_settings(&SenderOptions::default());
     settings.batch_max_wait = Duration::from_millis(50);
     let stop = CancellationToken::new();
-    let sender = Sender::build(settings.clone(), adapter, stop.clone())
+    let sender = Sender::build(settings, adapter, stop.clone())
         .await
         .unwrap();
     let handle = tokio::spawn(sender.run_until_stopped(stop.clone()));
-    let store = Store::new(
-        p.pool.clone(),
-        "google_ads",
-        "poller".into(),
-        settings.lease,
-    );
-    let status = || async { p.row_in(Destination::GoogleAds, &id).await.map(|r| r.0) };
 
-    // Act: accepted, then redelivered.
-    assert!(
-        eventually(WAIT, || async {
-            status().await.as_deref() == Some("accepted")
-        })
-        .await
+    // Act + Assert: recorded `accepted` first, never marked sent before its verdict.
+    p.wait_status_in(Destination::GoogleAds, &later, "accepted", WAIT)
+        .await;
+    // A second copy of the original event is a duplicate, not a poll and not a request.
+    p.publish(&later_event).await;
+    p.wait_status_in(Destination::GoogleAds, &later, "sent", WAIT)
+        .await;
+    p.wait_status_in(Destination::GoogleAds, &fail, "dead_lettered", WAIT)
+        .await;
+    p.wait_status_in(Destination::GoogleAds, &resend, "sent", WAIT)
+        .await;
+
+    // Assert
+    let sends = sends.lock().unwrap().clone();
+    assert_eq!(sends.iter().filter(|l| *l == "L-later").count(), 1);
+    assert_eq!(sends.iter().filter(|l| *l == "L-resend").count(), 2);
+    let polls = polls.lock().unwrap().clone();
+    assert_eq!(
+        polls
+            .iter()
+            .filter(|(l, _)| l == "L-later")
+            .map(|(_, n)| *n)
+            .collect::<Vec<_>>(),
+        [1, 2],
+        "pending at the first poll, asked again with the next poll number"
     );
-    p.publish(&event).await;
+    let dlq = p
+        .broker
+        .take(&p.names.dead_letter_queue(Destination::GoogleAds), 1, WAIT)
+        .await;
+    assert_eq!(dlq[0].message_id().as_deref(), Some(fail.as_str()));
+    assert_eq!(
+        dlq[0].header("x-leadpipe-error-code").as_deref(),
+        Some("click_not_found")
+    );
+    let (code,): (Option<String>,) = sqlx::query_as(
+        "SELECT last_error_code FROM deliveries WHERE destination = 'google_ads' AND event_id = $1",
+    )
+    .bind(&fail)
+    .fetch_one(&p.pool)
+    .await
+    .unwrap();
+    assert_eq!(code.as_deref(), Some("click_not_found"));
     let queue = p.names.work_queue(Destination::GoogleAds);
     assert!(eventually(WAIT, || async { p.broker.depth(&queue).await == 0 }).await);
+    stop.cancel();
+    let _ = handle.await;
+    p.cleanup().await;
+}
 
-    // Assert: one request; the poller finds it and resolves it once.
-    assert_eq!(sends.load(Ordering::SeqCst), 1);
-    let awaiting = store.awaiting(10).await.unwrap();
-    assert_eq!(awaiting, vec![(id.clone(), Some("requests/42".to_owned()))]);
-    assert!(
-        store
-            .resolve(&id, DeliveryStatus::Sent, None, None)
-            .await
-            .unwrap()
+#[tokio::test]
+async fn an_event_without_a_verdict_after_max_polls_is_dead_lettered_as_verdict_timeout() {
+    // Arrange: a destination that accepts and never decides (FnAdapter's verdicts are Pending).
+    let p = Pipeline::new().await;
+    let id = p.publish(&recent_lead("L-never")).await;
+    let adapter = FnAdapter::new(Destination::GoogleAds, |_, n| {
+        vec![Outcome::Accepted { reference: None }; n]
+    });
+    let mut settings = p.runtime_settings(&SenderOptions::default());
+    settings.max_polls = 2;
+    let stop = CancellationToken::new();
+    let sender = Sender::build(settings, adapter, stop.clone())
+        .await
+        .unwrap();
+    let handle = tokio::spawn(sender.run_until_stopped(stop.clone()));
+
+    // Act + Assert
+    p.wait_status_in(
+        Destination::GoogleAds,
+        &id,
+        "dead_lettered",
+        Duration::from_secs(60),
+    )
+    .await;
+    let dlq = p
+        .broker
+        .take(&p.names.dead_letter_queue(Destination::GoogleAds), 1, WAIT)
+        .await;
+    assert_eq!(
+        dlq[0].header("x-leadpipe-error-code").as_deref(),
+        Some("verdict_timeout")
     );
-    assert!(
-        !store
-            .resolve(&id, DeliveryStatus::DeadLettered, Some("x"), None)
-            .await
-            .unwrap()
-    );
-    assert_eq!(status().await.as_deref(), Some("sent"));
     stop.cancel();
     let _ = handle.await;
     p.cleanup().await;

@@ -12,3 +12,5 @@ pub const HTTP_STATUS: &str = "x-leadpipe-http-status";
 pub const ATTEMPTS: &str = "x-leadpipe-attempts";
 /// Dead letters: when the message was dead-lettered, RFC 3339 UTC.
 pub const FAILED_AT: &str = "x-leadpipe-failed-at";
+/// Accepted events awaiting the destination's verdict: which poll the message comes back for.
+pub const POLLS: &str = "x-leadpipe-polls";

@@ -36,6 +36,9 @@ pub struct RuntimeSettings {
     /// `PAUSE_AFTER_FAILED_BATCHES`: consecutive batches whose every request failed
     /// transiently before consumption pauses ("every request failing").
     pub pause_after_failed_batches: u32,
+    /// `MAX_POLLS`: verdict requests for an accepted event before it is dead-lettered as
+    /// `verdict_timeout` (destinations that report later only).
+    pub max_polls: u32,
 }
 
 impl RuntimeSettings {
@@ -55,6 +58,7 @@ impl RuntimeSettings {
             lease: Duration::from_secs(60),
             pause_probe_max: Duration::from_secs(30),
             pause_after_failed_batches: 5,
+            max_polls: 30,
         }
     }
 
@@ -100,12 +104,14 @@ impl RuntimeSettings {
             s.pause_after_failed_batches,
             "a number of batches",
         )?;
+        s.max_polls = env::parse_or("MAX_POLLS", s.max_polls, "a number of polls")?;
         for (key, bad) in [
             ("BATCH_SIZE", s.batch_size == 0),
             ("PREFETCH", s.prefetch == 0),
             ("CONCURRENCY", s.concurrency == 0),
             ("MAX_ATTEMPTS", s.max_attempts == 0),
             ("LEASE_SECS", s.lease.is_zero()),
+            ("MAX_POLLS", s.max_polls == 0),
         ] {
             if bad {
                 return Err(ConfigError::invalid(key, "must be at least 1"));

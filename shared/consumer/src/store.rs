@@ -35,6 +35,8 @@ pub struct Claim {
     pub done: HashSet<String>,
     /// Held by another live worker: look again after the lease's remaining time.
     pub busy: HashMap<String, Duration>,
+    /// Accepted by the destination, its verdict pending: event id → the reference recorded.
+    pub awaiting: HashMap<String, Option<String>>,
 }
 
 /// One outcome to write.
@@ -132,17 +134,20 @@ impl Store {
         if rest.is_empty() {
             return Ok(claim);
         }
-        let rows: Vec<(String, String, Option<f64>)> = sqlx::query_as(
+        let rows: Vec<(String, String, Option<f64>, Option<String>)> = sqlx::query_as(
             "SELECT event_id, status,
-                    EXTRACT(EPOCH FROM (lease_expires_at - now()))::float8
+                    EXTRACT(EPOCH FROM (lease_expires_at - now()))::float8, destination_ref
              FROM deliveries WHERE destination = $1 AND event_id = ANY($2)",
         )
         .bind(self.destination)
         .bind(&rest)
         .fetch_all(&self.pool)
         .await?;
-        for (id, status, left) in rows {
+        for (id, status, left, reference) in rows {
             match DeliveryStatus::parse(&status) {
+                Some(DeliveryStatus::Accepted) => {
+                    claim.awaiting.insert(id, reference);
+                }
                 Some(s) if s.is_final() => {
                     claim.done.insert(id);
                 }
@@ -225,42 +230,50 @@ impl Store {
         Ok(())
     }
 
-    /// Events this destination accepted and has not given a verdict on, oldest first, with
-    /// their references (for a poller).
-    pub async fn awaiting(&self, limit: i64) -> sqlx::Result<Vec<(String, Option<String>)>> {
-        sqlx::query_as(
-            "SELECT event_id, destination_ref FROM deliveries
-             WHERE destination = $1 AND status = 'accepted'
-             ORDER BY updated_at LIMIT $2",
+    /// Verdicts on `accepted` events: `sent`, `dead_lettered` with the destination's reason,
+    /// or `retrying` (to be sent again). Rows no longer `accepted` are left alone; returns the
+    /// ids that were updated.
+    pub async fn resolve(&self, verdicts: &[Resolution]) -> sqlx::Result<HashSet<String>> {
+        if verdicts.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let ids: Vec<&str> = verdicts.iter().map(|v| v.event_id.as_str()).collect();
+        let statuses: Vec<&str> = verdicts.iter().map(|v| v.status.as_str()).collect();
+        let codes: Vec<Option<&str>> = verdicts.iter().map(|v| v.error_code.as_deref()).collect();
+        let messages: Vec<Option<&str>> = verdicts
+            .iter()
+            .map(|v| v.error_message.as_deref())
+            .collect();
+        let done: Vec<(String,)> = sqlx::query_as(
+            "UPDATE deliveries AS d
+             SET status = u.status, last_error_code = u.code, last_error_message = u.message,
+                 sent_at = CASE WHEN u.status = 'sent' THEN now() ELSE d.sent_at END,
+                 updated_at = now()
+             FROM unnest($2::text[], $3::text[], $4::text[], $5::text[])
+                  AS u(id, status, code, message)
+             WHERE d.destination = $1 AND d.event_id = u.id AND d.status = 'accepted'
+             RETURNING d.event_id",
         )
         .bind(self.destination)
-        .bind(limit)
+        .bind(&ids)
+        .bind(&statuses)
+        .bind(&codes)
+        .bind(&messages)
         .fetch_all(&self.pool)
-        .await
-    }
-
-    /// A poller's verdict on an `accepted` event: `sent`, or `dead_lettered` with the
-    /// destination's reason. Returns whether the row was still awaiting one.
-    pub async fn resolve(
-        &self,
-        event_id: &str,
-        status: DeliveryStatus,
-        error_code: Option<&str>,
-        error_message: Option<&str>,
-    ) -> sqlx::Result<bool> {
-        let done = sqlx::query(
-            "UPDATE deliveries SET status = $3, last_error_code = $4, last_error_message = $5,
-                    sent_at = CASE WHEN $3 = 'sent' THEN now() ELSE sent_at END,
-                    updated_at = now()
-             WHERE destination = $1 AND event_id = $2 AND status = 'accepted'",
-        )
-        .bind(self.destination)
-        .bind(event_id)
-        .bind(status.as_str())
-        .bind(error_code)
-        .bind(error_message)
-        .execute(&self.pool)
         .await?;
-        Ok(done.rows_affected() == 1)
+        Ok(done.into_iter().map(|(id,)| id).collect())
     }
+}
+
+/// A verdict to write on an `accepted` row.
+#[derive(Debug, Clone)]
+pub struct Resolution {
+    /// The event's id.
+    pub event_id: String,
+    /// `Sent`, `DeadLettered` or `Retrying`.
+    pub status: DeliveryStatus,
+    /// The destination's reason, for a failure.
+    pub error_code: Option<String>,
+    /// Its message (no PII).
+    pub error_message: Option<String>,
 }

@@ -27,12 +27,12 @@ use leadpipe_bus::{OutgoingMessage, Publisher};
 use leadpipe_db::DeliveryStatus;
 use leadpipe_events::Envelope;
 
-use crate::adapter::{Adapter, Item};
+use crate::adapter::{Adapter, Awaiting, Item, Verdict};
 use crate::cfg::RuntimeSettings;
 use crate::metrics::Metrics;
 use crate::outcome::{Failure, Outcome, Prepared};
 use crate::retry;
-use crate::store::{ClaimRequest, Record, Store};
+use crate::store::{ClaimRequest, Record, Resolution, Store};
 
 /// State every worker shares.
 pub(crate) struct Shared<A: Adapter> {
@@ -200,11 +200,14 @@ async fn consume<A: Adapter>(
 enum Action {
     /// Done: ack (with the metrics result).
     Ack(&'static str),
-    /// Retry later: publish to the delay queue with `attempts`, then ack.
+    /// Retry later: publish to the delay queue with `attempts`, then ack. `poll`: the
+    /// message comes back to ask for an accepted event's verdict (header `x-leadpipe-polls`);
+    /// `None` removes that header (the event is to be sent again).
     Delay {
         delay: Duration,
         attempts: u32,
         code: String,
+        poll: Option<u32>,
     },
     /// Publish to the DLQ with the error headers, then ack.
     DeadLetter { failure: Failure, attempts: u32 },
@@ -215,6 +218,8 @@ enum Action {
 struct Slot {
     delivery: Delivery,
     attempts: u32,
+    /// `x-leadpipe-polls`: > 0 when the message came back for a verdict.
+    polls: u32,
     envelope: Option<Envelope>,
     action: Option<Action>,
 }
@@ -264,6 +269,7 @@ async fn process_batch<A: Adapter>(
         .into_iter()
         .map(|delivery| {
             let attempts = header_u32(delivery.properties.headers().as_ref(), headers::ATTEMPTS);
+            let polls = header_u32(delivery.properties.headers().as_ref(), headers::POLLS);
             let decoded = serde_json::from_slice::<Envelope>(&delivery.data);
             let (envelope, action) = match decoded {
                 Ok(env) if env.schema_version == leadpipe_events::SCHEMA_VERSION => {
@@ -290,6 +296,7 @@ async fn process_batch<A: Adapter>(
             Slot {
                 delivery,
                 attempts,
+                polls,
                 envelope,
                 action,
             }
@@ -339,16 +346,33 @@ async fn process_batch<A: Adapter>(
     // Prepare what we hold.
     let mut outcomes: HashMap<usize, Outcome> = HashMap::new();
     let mut to_send: Vec<(usize, Item<A::Prepared>)> = Vec::new();
+    let mut to_poll: Vec<(usize, Awaiting)> = Vec::new();
     for (id, &i) in &first_of {
         let slot = &mut slots[i];
         if claim.done.contains(id) {
             slot.action = Some(Action::Ack("duplicate"));
+        } else if let Some(reference) = claim.awaiting.get(id) {
+            if slot.polls > 0 {
+                // Back from the delay queue to ask for the destination's verdict.
+                to_poll.push((
+                    i,
+                    Awaiting {
+                        event_id: id.clone(),
+                        reference: reference.clone(),
+                        poll: slot.polls,
+                    },
+                ));
+            } else {
+                // Another copy of an event the destination already has.
+                slot.action = Some(Action::Ack("duplicate"));
+            }
         } else if let Some(left) = claim.busy.get(id) {
             // Another live worker holds it: look again once its lease has run out.
             slot.action = Some(Action::Delay {
                 delay: *left,
                 attempts: slot.attempts,
                 code: "lease_held".into(),
+                poll: (slot.polls > 0).then_some(slot.polls),
             });
         } else if claim.claimed.contains(id) {
             let env = slot.envelope.as_ref().expect("claimed slots decoded");
@@ -370,6 +394,7 @@ async fn process_batch<A: Adapter>(
                 delay: Duration::from_secs(1),
                 attempts: slot.attempts,
                 code: "lease_held".into(),
+                poll: (slot.polls > 0).then_some(slot.polls),
             });
         }
     }
@@ -427,9 +452,15 @@ async fn process_batch<A: Adapter>(
                 Action::Ack("success")
             }
             Outcome::Accepted { reference } => {
+                // The message waits in the delay queues and comes back for the verdict.
                 record.status = Some(DeliveryStatus::Accepted);
                 record.reference = reference;
-                Action::Ack("accepted")
+                Action::Delay {
+                    delay: shared.adapter.verdict_delay(1),
+                    attempts: slot.attempts + 1,
+                    code: AWAITING.into(),
+                    poll: Some(1),
+                }
             }
             Outcome::DryRun { payload } => {
                 record.status = Some(DeliveryStatus::DryRun);
@@ -471,6 +502,7 @@ async fn process_batch<A: Adapter>(
                         delay: retry::delay(attempts, s.retry_base, s.retry_max, retry_after),
                         attempts,
                         code: failure.code,
+                        poll: None,
                     }
                 }
             }
@@ -496,6 +528,9 @@ async fn process_batch<A: Adapter>(
         records.push(record);
     }
 
+    // Verdicts on accepted events that came back to ask for them.
+    let resolutions = ask_verdicts(shared, &mut slots, to_poll).await;
+
     // Publish retries and dead letters (confirmed) before anything is acked.
     let failed_publishes = publish_routed(shared, &slots).await;
     for i in &failed_publishes {
@@ -513,6 +548,17 @@ async fn process_batch<A: Adapter>(
         return Err(anyhow::Error::new(e).context("recording outcomes failed"));
     }
     shared.metrics.in_flight.sub(claim.claimed.len() as i64);
+    // A verdict whose delay or dead-letter publish failed is not written: the requeued
+    // message asks again.
+    let resolutions: Vec<Resolution> = resolutions
+        .into_iter()
+        .filter(|(i, _)| !failed_publishes.contains(i))
+        .map(|(_, r)| r)
+        .collect();
+    if let Err(e) = shared.store.resolve(&resolutions).await {
+        requeue_all(shared, &slots).await;
+        return Err(anyhow::Error::new(e).context("recording verdicts failed"));
+    }
 
     acknowledge(shared, &slots).await?;
 
@@ -532,6 +578,101 @@ async fn process_batch<A: Adapter>(
         shared.pause(&reason);
     }
     Ok(())
+}
+
+/// The delay code of an accepted event waiting for its verdict (not a retry).
+const AWAITING: &str = "awaiting_verdict";
+
+/// Asks the adapter for the verdicts of accepted events, turns them into actions on their
+/// slots, and returns what to write on their rows (by slot index).
+async fn ask_verdicts<A: Adapter>(
+    shared: &Arc<Shared<A>>,
+    slots: &mut [Slot],
+    to_poll: Vec<(usize, Awaiting)>,
+) -> Vec<(usize, Resolution)> {
+    if to_poll.is_empty() {
+        return Vec::new();
+    }
+    let s = &shared.settings;
+    let (indexes, items): (Vec<usize>, Vec<Awaiting>) = to_poll.into_iter().unzip();
+    let polled: Vec<u32> = items.iter().map(|a| a.poll).collect();
+    let ids: Vec<String> = items.iter().map(|a| a.event_id.clone()).collect();
+    let verdicts = shared.adapter.verdicts(items).await;
+    debug_assert_eq!(verdicts.len(), indexes.len());
+    let mut out = Vec::new();
+    for (((i, poll), event_id), verdict) in indexes.into_iter().zip(polled).zip(ids).zip(verdicts) {
+        let slot = &mut slots[i];
+        let resolution = |status, failure: Option<&Failure>| Resolution {
+            event_id: event_id.clone(),
+            status,
+            error_code: failure.map(|f| f.code.clone()),
+            error_message: failure.map(|f| f.message.clone()),
+        };
+        let (action, row) = match verdict {
+            Verdict::Sent => (
+                Action::Ack("success"),
+                Some(resolution(DeliveryStatus::Sent, None)),
+            ),
+            Verdict::Failed(failure) => {
+                let row = resolution(DeliveryStatus::DeadLettered, Some(&failure));
+                (
+                    Action::DeadLetter {
+                        failure,
+                        attempts: slot.attempts,
+                    },
+                    Some(row),
+                )
+            }
+            Verdict::Pending if poll >= s.max_polls => {
+                let failure = Failure::new(
+                    "verdict_timeout",
+                    format!("the destination gave no verdict after {poll} status requests"),
+                );
+                let row = resolution(DeliveryStatus::DeadLettered, Some(&failure));
+                (
+                    Action::DeadLetter {
+                        failure,
+                        attempts: slot.attempts,
+                    },
+                    Some(row),
+                )
+            }
+            Verdict::Pending => (
+                Action::Delay {
+                    delay: shared.adapter.verdict_delay(poll + 1),
+                    attempts: slot.attempts,
+                    code: AWAITING.into(),
+                    poll: Some(poll + 1),
+                },
+                None,
+            ),
+            Verdict::Resend {
+                failure,
+                retry_after,
+            } => {
+                let row = resolution(DeliveryStatus::Retrying, Some(&failure));
+                (
+                    Action::Delay {
+                        delay: retry::delay(
+                            slot.attempts.max(1),
+                            s.retry_base,
+                            s.retry_max,
+                            retry_after,
+                        ),
+                        attempts: slot.attempts,
+                        code: failure.code,
+                        poll: None,
+                    },
+                    Some(row),
+                )
+            }
+        };
+        slot.action = Some(action);
+        if let Some(row) = row {
+            out.push((i, row));
+        }
+    }
+    out
 }
 
 /// Publishes every Delay and DeadLetter slot; returns the indexes whose publish failed.
@@ -562,9 +703,24 @@ async fn publish_routed<A: Adapter>(shared: &Arc<Shared<A>>, slots: &[Slot]) -> 
                 delay,
                 attempts,
                 code,
+                poll,
             } => {
                 set(&mut headers, headers::ATTEMPTS, attempts.to_string());
-                shared.metrics.retries.with_label_values(&[code.as_str()]).inc();
+                match poll {
+                    Some(n) => set(&mut headers, headers::POLLS, n.to_string()),
+                    None => {
+                        let mut kept = FieldTable::default();
+                        for (k, v) in headers.inner() {
+                            if k.as_str() != headers::POLLS {
+                                kept.insert(k.clone(), v.clone());
+                            }
+                        }
+                        headers = kept;
+                    }
+                }
+                if code != AWAITING {
+                    shared.metrics.retries.with_label_values(&[code.as_str()]).inc();
+                }
                 let tier = tier_for(*delay);
                 (
                     delay_exchange.clone(),
@@ -629,6 +785,7 @@ async fn acknowledge<A: Adapter>(shared: &Arc<Shared<A>>, slots: &[Slot]) -> any
         let label = match &slot.action {
             Some(Action::Ack(result)) => *result,
             Some(Action::Delay { code, .. }) if code == "lease_held" => "deferred",
+            Some(Action::Delay { code, .. }) if code == AWAITING => "awaiting_verdict",
             Some(Action::Delay { .. }) => "retry",
             Some(Action::DeadLetter { .. }) => "dead_lettered",
             Some(Action::Requeue) | None => "requeued",

@@ -1,0 +1,277 @@
+//! `make bench` — meta-sender and ga4-sender throughput against the consumer runtime's own
+//! ceiling, in one table.
+//!
+//! In one run, against one database seeded with 1,000,000 delivery rows (analysed, so the
+//! planner sees a production-sized table):
+//! 1. **chassis ceiling**: the runtime with a null destination (consume, batch claim in
+//!    Postgres, outcome commit, one multiple ack per batch; no HTTP);
+//! 2. **meta-sender, CPU-bound**: the fake Meta answers at once; one replica, then two;
+//! 3. **meta-sender, destination-bound**: the fake answers after 50 ms; one replica, then two;
+//! 4. **ga4-sender**, the same two cases against a fake GA4 (one request per client id: each
+//!    preloaded lead is its own browser, so one event per request).
+//!
+//! Each run preloads its own namespace's queue, then times the drain.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use leadpipe_bus::{Destination, Names, OutgoingMessage, Publisher, PublisherSettings};
+use leadpipe_consumer::{Outcome, Sender};
+use leadpipe_tests::fake_ga4::FakeGa4;
+use leadpipe_tests::fake_meta::FakeMeta;
+use leadpipe_tests::{
+    FnAdapter, Pipeline, SenderOptions, amqp_url, envelope_of, recent_lead, unique_namespace,
+};
+
+const EVENTS: usize = 30_000;
+const SEED_ROWS: i64 = 1_000_000;
+
+async fn preload(names: &Names, run: &str, keep: Destination) {
+    let stop = CancellationToken::new();
+    let publisher = Publisher::start(
+        PublisherSettings::new(amqp_url(), "bench-preload"),
+        names.clone(),
+        stop.clone(),
+    );
+    assert!(publisher.wait_ready(Duration::from_secs(20)).await);
+    let bodies: Vec<(String, Vec<u8>)> = (0..EVENTS)
+        .map(|i| {
+            let env = envelope_of(&recent_lead(&format!("{run}-{i}")));
+            (env.event_id.clone(), serde_json::to_vec(&env).unwrap())
+        })
+        .collect();
+    let exchange = names.events_exchange();
+    futures::stream::iter(bodies.iter())
+        .for_each_concurrent(64, |(id, body)| {
+            let (publisher, exchange) = (&publisher, &exchange);
+            async move {
+                publisher
+                    .publish(&OutgoingMessage {
+                        exchange,
+                        routing_key: "lead.site-widget",
+                        body,
+                        message_id: id,
+                        headers: Default::default(),
+                        expiration_ms: None,
+                    })
+                    .await
+                    .unwrap();
+            }
+        })
+        .await;
+    stop.cancel();
+    // Only one queue matters per run; empty the others so the broker holds less.
+    let broker = leadpipe_tests::Broker::connect(names.clone()).await;
+    for d in Destination::ALL.into_iter().filter(|d| *d != keep) {
+        let _ = broker
+            .channel
+            .queue_purge(names.work_queue(d).as_str().into(), Default::default())
+            .await;
+    }
+}
+
+async fn wait_until(count: impl Fn() -> usize) -> Duration {
+    let started = Instant::now();
+    while count() < EVENTS {
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "drain stalled at {}",
+            count()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    started.elapsed()
+}
+
+#[tokio::main]
+async fn main() {
+    // One database for every run, seeded and analysed.
+    let p = Pipeline::new().await;
+    let seed_started = Instant::now();
+    sqlx::query(
+        "INSERT INTO deliveries (destination, event_id, status, attempts, event_name, source, sent_at)
+         SELECT 'meta', md5(g::text), 'sent', 1, 'lead', 'seed', now() FROM generate_series(1, $1) g",
+    )
+    .bind(SEED_ROWS)
+    .execute(&p.pool)
+    .await
+    .unwrap();
+    sqlx::query("ANALYZE deliveries")
+        .execute(&p.pool)
+        .await
+        .unwrap();
+    println!(
+        "meta-sender benchmark — {} CPUs, {EVENTS} events per run, delivery table seeded with {SEED_ROWS} rows in {:.1}s",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
+        seed_started.elapsed().as_secs_f64()
+    );
+
+    // 1. Chassis ceiling.
+    let names = Names::new(unique_namespace("bc"));
+    preload(&names, "ceiling", Destination::Meta).await;
+    let mut settings = p.meta_settings(&SenderOptions::default()).runtime;
+    settings.amqp.namespace = names.namespace().to_owned();
+    // A destination that accepts everything at once: what is left is the chassis.
+    let adapter = FnAdapter::new(Destination::Meta, |_, n| {
+        vec![
+            Outcome::Sent {
+                reference: None,
+                http_status: Some(200)
+            };
+            n
+        ]
+    });
+    let done = adapter.events.clone();
+    let stop = CancellationToken::new();
+    let sender = Sender::build(settings, adapter, stop.clone())
+        .await
+        .unwrap();
+    let handle = tokio::spawn(sender.run_until_stopped(stop.clone()));
+    let took = wait_until(|| done.load(Ordering::Relaxed)).await;
+    stop.cancel();
+    let _ = handle.await;
+    leadpipe_tests::Broker::connect(names).await.delete().await;
+    let ceiling = EVENTS as f64 / took.as_secs_f64();
+    println!(
+        "\nchassis ceiling (null destination, batches of 500, 2 channels): {ceiling:.0} events/s"
+    );
+
+    // 2–4. meta-sender and ga4-sender against their fakes.
+    println!("\nsenders against fake destinations:");
+    println!(
+        "  {:<12} {:<28} {:>9} {:>10} {:>12}",
+        "sender", "run", "replicas", "events/s", "vs ceiling"
+    );
+    let mut results = Vec::new();
+    // `BENCH_SENDERS=ga4` (or `meta`) runs one sender only.
+    let only = std::env::var("BENCH_SENDERS").ok();
+    let senders: Vec<Destination> = [Destination::Meta, Destination::Ga4]
+        .into_iter()
+        .filter(|d| only.as_deref().is_none_or(|o| o == d.as_str()))
+        .collect();
+    for &destination in &senders {
+        for (label, latency, opts) in [
+            (
+                "fake answers at once",
+                Duration::ZERO,
+                SenderOptions::default(),
+            ),
+            (
+                "fake answers after 50 ms",
+                Duration::from_millis(50),
+                SenderOptions {
+                    batch_size: 100,
+                    ..SenderOptions::default()
+                },
+            ),
+        ] {
+            for replicas in [1usize, 2] {
+                let rate = run_sender(&p, destination, latency, &opts, replicas).await;
+                println!(
+                    "  {:<12} {label:<28} {replicas:>9} {rate:>10.0} {:>11.0}%",
+                    format!("{}-sender", destination.as_str()),
+                    100.0 * rate / ceiling
+                );
+                results.push(rate);
+            }
+        }
+    }
+    println!("\nsummary:");
+    for (i, destination) in senders.iter().enumerate() {
+        let sender = format!("{}-sender", destination.as_str());
+        let r = &results[i * 4..i * 4 + 4];
+        println!(
+            "  {sender}: one replica (fake at once) / chassis ceiling = {:.0}% (target >= 50%) {}",
+            100.0 * r[0] / ceiling,
+            verdict(r[0] >= 0.5 * ceiling)
+        );
+        println!(
+            "  {sender}: two replicas / one, CPU-bound = {:.2}x (target >= 1.0x) {}",
+            r[1] / r[0],
+            verdict(r[1] >= r[0] * 0.95)
+        );
+        println!(
+            "  {sender}: two replicas / one, fake after 50 ms = {:.2}x (target >= 1.8x) {}",
+            r[3] / r[2],
+            verdict(r[3] >= 1.8 * r[2])
+        );
+    }
+    p.cleanup().await;
+}
+
+fn verdict(pass: bool) -> &'static str {
+    if pass { "PASS" } else { "MISS" }
+}
+
+/// Drains a preloaded queue of `destination` with `replicas` senders against a fresh fake
+/// answering after `latency`; events per second.
+async fn run_sender(
+    p: &Pipeline,
+    destination: Destination,
+    latency: Duration,
+    opts: &SenderOptions,
+    replicas: usize,
+) -> f64 {
+    let names = Names::new(unique_namespace("bm"));
+    preload(
+        &names,
+        &format!("{}-{replicas}-{}", latency.as_millis(), names.namespace()),
+        destination,
+    )
+    .await;
+    let stop = CancellationToken::new();
+    let mut handles = Vec::new();
+    // Destination-bound: one batch at a time per replica.
+    let concurrency = if latency.is_zero() { None } else { Some(1) };
+    let took = match destination {
+        Destination::Ga4 => {
+            let fake = FakeGa4::start(leadpipe_tests::GA4_SECRET).await;
+            fake.set_latency(latency);
+            let mut settings = p.ga4_settings(opts);
+            settings.base_url = fake.base_url.clone();
+            settings.runtime.amqp.namespace = names.namespace().to_owned();
+            // One request per client id: let a whole batch be under way at once.
+            settings.concurrent_requests = opts.batch_size;
+            if let Some(c) = concurrency {
+                settings.runtime.concurrency = c;
+            }
+            for _ in 0..replicas {
+                let adapter = leadpipe_ga4_sender::Ga4Adapter::new(settings.clone());
+                let sender = Sender::build(settings.runtime.clone(), adapter, stop.clone())
+                    .await
+                    .unwrap();
+                handles.push(tokio::spawn(sender.run_until_stopped(stop.clone())));
+            }
+            wait_until(|| fake.kept()).await
+        }
+        _ => {
+            let fake = FakeMeta::start(leadpipe_tests::META_TOKEN).await;
+            fake.set_latency(latency);
+            let mut settings = p.meta_settings(opts);
+            settings.base_url = fake.base_url.clone();
+            settings.runtime.amqp.namespace = names.namespace().to_owned();
+            if let Some(c) = concurrency {
+                settings.runtime.concurrency = c;
+            }
+            for _ in 0..replicas {
+                let adapter = leadpipe_meta_sender::MetaAdapter::new(settings.clone());
+                let sender = Sender::build(settings.runtime.clone(), adapter, stop.clone())
+                    .await
+                    .unwrap();
+                handles.push(tokio::spawn(sender.run_until_stopped(stop.clone())));
+            }
+            wait_until(|| fake.accepted().len()).await
+        }
+    };
+    stop.cancel();
+    for h in handles {
+        let _ = h.await;
+    }
+    leadpipe_tests::Broker::connect(names).await.delete().await;
+    EVENTS as f64 / took.as_secs_f64()
+}
