@@ -235,10 +235,12 @@ async fn run_sender(
             let mut settings = p.ga4_settings(opts);
             settings.base_url = fake.base_url.clone();
             settings.runtime.amqp.namespace = names.namespace().to_owned();
-            // One request per client id: let a whole batch be under way at once.
-            settings.concurrent_requests = opts.batch_size;
+            // One request per client id. CPU-bound: 64 under way per batch; destination-bound:
+            // the whole batch at once (GA4_CONCURRENT_REQUESTS = BATCH_SIZE).
+            settings.concurrent_requests = 64;
             if let Some(c) = concurrency {
                 settings.runtime.concurrency = c;
+                settings.concurrent_requests = opts.batch_size;
             }
             for _ in 0..replicas {
                 let adapter = leadpipe_ga4_sender::Ga4Adapter::new(settings.clone());

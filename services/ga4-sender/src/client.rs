@@ -75,7 +75,8 @@ impl Ga4Client {
         Self {
             http: reqwest::Client::builder()
                 .timeout(s.timeout)
-                .pool_max_idle_per_host(64)
+                // Keep a connection per request that may be under way at once.
+                .pool_max_idle_per_host(s.concurrent_requests.max(16))
                 .build()
                 .expect("an HTTP client builds"),
             collect_url: format!("{base}/mp/collect?{query}"),
