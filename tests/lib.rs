@@ -579,6 +579,9 @@ pub mod fake_meta;
 #[path = "support/fake_ga4.rs"]
 pub mod fake_ga4;
 
+#[path = "support/fake_google.rs"]
+pub mod fake_google;
+
 /// A lead that happened an hour ago, with ad consent granted.
 pub fn recent_lead(lead_id: &str) -> Value {
     let mut e = lead(lead_id);
@@ -610,6 +613,10 @@ pub const META_TOKEN: &str = "good-token";
 pub const GA4_SECRET: &str = "ga4-secret";
 /// The measurement id tests use.
 pub const GA4_MEASUREMENT_ID: &str = "G-TEST123";
+/// The Google Ads operating account tests use.
+pub const GOOGLE_ADS_CUSTOMER_ID: &str = "1234567890";
+/// The conversion action tests use.
+pub const GOOGLE_ADS_CONVERSION_ACTION_ID: &str = "555000111";
 
 /// The shipped mapping config (`config/leadpipe.toml`).
 pub fn shipped_mapping() -> leadpipe_config::mapping::MappingConfig {
@@ -658,6 +665,8 @@ pub struct Pipeline {
     pub meta: fake_meta::FakeMeta,
     /// The fake GA4.
     pub ga4: fake_ga4::FakeGa4,
+    /// The fake Google (OAuth, Data Manager, Google Ads API).
+    pub google: fake_google::FakeGoogle,
     publisher: leadpipe_bus::Publisher,
     shutdown: CancellationToken,
 }
@@ -685,6 +694,8 @@ pub struct SenderOptions {
     pub pause_after_failed_batches: u32,
     /// `GA4_VALIDATE`.
     pub ga4_validate: bool,
+    /// `GOOGLE_ADS_ROUTE=ads_api`.
+    pub google_ads_api_route: bool,
 }
 
 impl Default for SenderOptions {
@@ -700,6 +711,7 @@ impl Default for SenderOptions {
             database_url: None,
             pause_after_failed_batches: 5,
             ga4_validate: false,
+            google_ads_api_route: false,
         }
     }
 }
@@ -757,6 +769,7 @@ impl Pipeline {
             pool,
             meta: fake_meta::FakeMeta::start(META_TOKEN).await,
             ga4: fake_ga4::FakeGa4::start(GA4_SECRET).await,
+            google: fake_google::FakeGoogle::start().await,
             publisher,
             shutdown,
         }
@@ -850,6 +863,54 @@ impl Pipeline {
             consent: leadpipe_config::consent::ConsentPolicy::Strict,
             mappings: leadpipe_ga4_sender::cfg::ga4_mappings(&shipped_mapping()).unwrap(),
         }
+    }
+
+    /// google-ads-sender settings for this pipeline: status asked 300 ms after acceptance,
+    /// then with backoff up to 2 s.
+    pub fn google_settings(
+        &self,
+        opts: &SenderOptions,
+    ) -> leadpipe_google_ads_sender::cfg::Settings {
+        use leadpipe_google_ads_sender::cfg;
+        cfg::Settings {
+            runtime: self.runtime_settings(opts),
+            data_manager_base_url: self.google.base_url.clone(),
+            ads_api_base_url: self.google.base_url.clone(),
+            ads_api_version: "v23".into(),
+            route: if opts.google_ads_api_route {
+                cfg::Route::AdsApi
+            } else {
+                cfg::Route::DataManager
+            },
+            customer_id: Some(GOOGLE_ADS_CUSTOMER_ID.into()),
+            login_customer_id: Some("9876543210".into()),
+            developer_token: None,
+            token_url: self.google.token_url(),
+            client_id: Some("client-id".into()),
+            client_secret: Some(SecretString::from("client-secret")),
+            refresh_token: Some(SecretString::from(fake_google::REFRESH_TOKEN)),
+            dry_run: opts.dry_run,
+            timeout: Duration::from_secs(5),
+            status_delay: Duration::from_millis(300),
+            status_delay_max: Duration::from_secs(2),
+            consent: leadpipe_config::consent::ConsentPolicy::Strict,
+            mappings: cfg::google_ads_mappings(
+                &shipped_mapping(),
+                Some(GOOGLE_ADS_CONVERSION_ACTION_ID),
+            )
+            .unwrap(),
+        }
+    }
+
+    /// Starts google-ads-sender in this process.
+    pub async fn start_google(&self, opts: SenderOptions) -> TestSender {
+        let settings = self.google_settings(&opts);
+        let runtime = settings.runtime.clone();
+        start_sender(
+            runtime,
+            leadpipe_google_ads_sender::GoogleAdsAdapter::new(settings),
+        )
+        .await
     }
 
     /// Starts meta-sender in this process.

@@ -8,7 +8,9 @@
 //! 2. **meta-sender, CPU-bound**: the fake Meta answers at once; one replica, then two;
 //! 3. **meta-sender, destination-bound**: the fake answers after 50 ms; one replica, then two;
 //! 4. **ga4-sender**, the same two cases against a fake GA4 (one request per client id: each
-//!    preloaded lead is its own browser, so one event per request).
+//!    preloaded lead is its own browser, so one event per request);
+//! 5. **google-ads-sender**, the same against a fake Data Manager (wins with a gclid; what is
+//!    timed is Google accepting them — their status is asked for 30 minutes later).
 //!
 //! Each run preloads its own namespace's queue, then times the drain.
 
@@ -21,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use leadpipe_bus::{Destination, Names, OutgoingMessage, Publisher, PublisherSettings};
 use leadpipe_consumer::{Outcome, Sender};
 use leadpipe_tests::fake_ga4::FakeGa4;
+use leadpipe_tests::fake_google::FakeGoogle;
 use leadpipe_tests::fake_meta::FakeMeta;
 use leadpipe_tests::{
     FnAdapter, Pipeline, SenderOptions, amqp_url, envelope_of, recent_lead, unique_namespace,
@@ -37,9 +40,24 @@ async fn preload(names: &Names, run: &str, keep: Destination) {
         stop.clone(),
     );
     assert!(publisher.wait_ready(Duration::from_secs(20)).await);
+    // Google Ads takes wins (with a click id); the others take leads.
+    let won = keep == Destination::GoogleAds;
+    let routing_key = if won {
+        "won.site-widget"
+    } else {
+        "lead.site-widget"
+    };
     let bodies: Vec<(String, Vec<u8>)> = (0..EVENTS)
         .map(|i| {
-            let env = envelope_of(&recent_lead(&format!("{run}-{i}")));
+            let mut event = recent_lead(&format!("{run}-{i}"));
+            if won {
+                event["event_name"] = serde_json::json!("won");
+                event["order_id"] = serde_json::json!(format!("O-{run}-{i}"));
+                event["value"] = serde_json::json!(99.5);
+                event["currency"] = serde_json::json!("USD");
+                event["attribution"] = serde_json::json!({"gclid": format!("Cj0-{i}")});
+            }
+            let env = envelope_of(&event);
             (env.event_id.clone(), serde_json::to_vec(&env).unwrap())
         })
         .collect();
@@ -51,7 +69,7 @@ async fn preload(names: &Names, run: &str, keep: Destination) {
                 publisher
                     .publish(&OutgoingMessage {
                         exchange,
-                        routing_key: "lead.site-widget",
+                        routing_key,
                         body,
                         message_id: id,
                         headers: Default::default(),
@@ -150,7 +168,7 @@ async fn main() {
     let mut results = Vec::new();
     // `BENCH_SENDERS=ga4` (or `meta`) runs one sender only.
     let only = std::env::var("BENCH_SENDERS").ok();
-    let senders: Vec<Destination> = [Destination::Meta, Destination::Ga4]
+    let senders: Vec<Destination> = [Destination::Meta, Destination::Ga4, Destination::GoogleAds]
         .into_iter()
         .filter(|d| only.as_deref().is_none_or(|o| o == d.as_str()))
         .collect();
@@ -250,6 +268,27 @@ async fn run_sender(
                 handles.push(tokio::spawn(sender.run_until_stopped(stop.clone())));
             }
             wait_until(|| fake.kept()).await
+        }
+        Destination::GoogleAds => {
+            let fake = FakeGoogle::start().await;
+            fake.set_latency(latency);
+            let mut settings = p.google_settings(opts);
+            settings.data_manager_base_url = fake.base_url.clone();
+            settings.token_url = fake.token_url();
+            settings.runtime.amqp.namespace = names.namespace().to_owned();
+            // Measure what Google accepts; the status polls come 30 min later, as in production.
+            settings.status_delay = Duration::from_secs(1800);
+            if let Some(c) = concurrency {
+                settings.runtime.concurrency = c;
+            }
+            for _ in 0..replicas {
+                let adapter = leadpipe_google_ads_sender::GoogleAdsAdapter::new(settings.clone());
+                let sender = Sender::build(settings.runtime.clone(), adapter, stop.clone())
+                    .await
+                    .unwrap();
+                handles.push(tokio::spawn(sender.run_until_stopped(stop.clone())));
+            }
+            wait_until(|| fake.accepted_count()).await
         }
         _ => {
             let fake = FakeMeta::start(leadpipe_tests::META_TOKEN).await;

@@ -101,3 +101,37 @@ async fn an_operator_inspects_traces_and_replays_a_dead_letter_exactly_once() {
     sender.stop().await;
     p.cleanup().await;
 }
+
+#[tokio::test]
+async fn trace_shows_a_google_ads_event_accepted_then_its_final_status() {
+    // Arrange: Data Manager keeps the request PROCESSING for the first two status requests.
+    let p = Pipeline::new().await;
+    p.google.set_pending_polls(2);
+    let mut won = recent_lead("L-trace");
+    won["event_name"] = json!("won");
+    won["order_id"] = json!("O-trace");
+    won["value"] = json!(10);
+    won["currency"] = json!("usd");
+    let id = p.publish(&won).await;
+    let sender = p.start_google(SenderOptions::default()).await;
+
+    // Act + Assert: accepted, with the request id, while Google processes it…
+    p.wait_status_in(Destination::GoogleAds, &id, "accepted", WAIT)
+        .await;
+    let (ok, trace, _) = cli(&p, &["trace", &id]).await;
+    assert!(ok);
+    assert!(
+        trace.contains("google_ads") && trace.contains("accepted") && trace.contains("req-1#0"),
+        "{trace}"
+    );
+    // …then sent once the status says so.
+    p.wait_status_in(Destination::GoogleAds, &id, "sent", WAIT)
+        .await;
+    let (_, trace, _) = cli(&p, &["trace", &id]).await;
+    assert!(
+        trace.contains("sent") && !trace.contains("accepted"),
+        "{trace}"
+    );
+    sender.stop().await;
+    p.cleanup().await;
+}

@@ -6,6 +6,8 @@ mod database;
 mod deploy;
 mod ga4_sender;
 mod ga4_sender_binary;
+mod google_ads_sender;
+mod google_ads_sender_binary;
 mod ingest;
 mod ingest_binary;
 mod meta_sender;

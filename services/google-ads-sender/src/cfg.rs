@@ -161,7 +161,8 @@ pub fn google_ads_mappings(
                 "adjustment applies to refund events only",
             ));
         }
-        let conversion_action_id = text("conversion_action_id")?.or(default_action.map(str::to_owned));
+        let conversion_action_id =
+            text("conversion_action_id")?.or(default_action.map(str::to_owned));
         if let Some(id) = &conversion_action_id
             && !id.bytes().all(|b| b.is_ascii_digit())
         {

@@ -150,7 +150,12 @@ impl GoogleClient {
     pub async fn ingest(&self, action_id: &str, events: &[&Value]) -> IngestResult {
         let body = self.ingest_body(action_id, events);
         let response = match self
-            .send(|token| self.http.post(&self.ingest_url).bearer_auth(token).json(&body))
+            .send(|token| {
+                self.http
+                    .post(&self.ingest_url)
+                    .bearer_auth(token)
+                    .json(&body)
+            })
             .await
         {
             Ok(r) => r,
@@ -163,8 +168,11 @@ impl GoogleClient {
             return match answer["requestId"].as_str() {
                 Some(id) => IngestResult::Accepted(id.to_owned()),
                 None => IngestResult::All(Outcome::Retry {
-                    failure: Failure::new("dm_no_request_id", "Data Manager answered without a requestId")
-                        .with_status(status.as_u16()),
+                    failure: Failure::new(
+                        "dm_no_request_id",
+                        "Data Manager answered without a requestId",
+                    )
+                    .with_status(status.as_u16()),
                     retry_after: None,
                 }),
             };
@@ -200,7 +208,11 @@ impl GoogleClient {
 
     /// `requestStatus:retrieve` for `request_id`: Google's answer, or what went wrong.
     pub async fn status(&self, request_id: &str) -> Result<Value, Outcome> {
-        let url = format!("{}?requestId={}", self.status_url, http::query_escape(request_id));
+        let url = format!(
+            "{}?requestId={}",
+            self.status_url,
+            http::query_escape(request_id)
+        );
         let response = self
             .send(|token| self.http.get(&url).bearer_auth(token))
             .await?;
@@ -210,14 +222,24 @@ impl GoogleClient {
         if status.is_success() {
             Ok(answer)
         } else {
-            Err(classify_error(status.as_u16(), &answer, retry_after, "Data Manager"))
+            Err(classify_error(
+                status.as_u16(),
+                &answer,
+                retry_after,
+                "Data Manager",
+            ))
         }
     }
 
     /// A Google Ads API upload; one outcome per row, mapped from partial failures by index.
     pub async fn upload(&self, kind: Upload, rows: &[&Value]) -> Vec<Outcome> {
         let body = Self::upload_body(kind, rows);
-        let url = format!("{}/customers/{}:{}", self.ads_base, self.customer_id, kind.method());
+        let url = format!(
+            "{}/customers/{}:{}",
+            self.ads_base,
+            self.customer_id,
+            kind.method()
+        );
         let response = self
             .send(|token| {
                 let mut r = self.http.post(&url).bearer_auth(token).json(&body);
@@ -243,7 +265,10 @@ impl GoogleClient {
             .map(str::to_owned);
         let answer: Value = response.json().await.unwrap_or(Value::Null);
         if !status.is_success() {
-            return vec![classify_error(status.as_u16(), &answer, retry_after, "Google Ads"); rows.len()];
+            return vec![
+                classify_error(status.as_u16(), &answer, retry_after, "Google Ads");
+                rows.len()
+            ];
         }
         let mut out = vec![
             Outcome::Sent {
@@ -280,7 +305,12 @@ impl GoogleClient {
 
 /// Google's error model (`{"error": {"code", "status", "details"}}`) → an outcome for the
 /// whole request.
-pub fn classify_error(http: u16, answer: &Value, retry_after: Option<Duration>, api: &str) -> Outcome {
+pub fn classify_error(
+    http: u16,
+    answer: &Value,
+    retry_after: Option<Duration>,
+    api: &str,
+) -> Outcome {
     let err = &answer["error"];
     let status = err["status"].as_str().unwrap_or("");
     let code = if status.is_empty() {
@@ -290,7 +320,9 @@ pub fn classify_error(http: u16, answer: &Value, retry_after: Option<Duration>, 
     };
     let failure = Failure::new(
         code,
-        format!("{api} answered {http} {status}").trim_end().to_owned(),
+        format!("{api} answered {http} {status}")
+            .trim_end()
+            .to_owned(),
     )
     .with_status(http);
     let delay = retry_after.or_else(|| retry_delay(answer));
@@ -302,12 +334,12 @@ pub fn classify_error(http: u16, answer: &Value, retry_after: Option<Duration>, 
         (401, _) | (403, _) | (_, "UNAUTHENTICATED" | "PERMISSION_DENIED") => {
             Outcome::Systemic(failure)
         }
-        (408 | 409, _) | (500..=599, _) | (_, "UNAVAILABLE" | "DEADLINE_EXCEEDED" | "INTERNAL" | "ABORTED") => {
-            Outcome::Retry {
-                failure,
-                retry_after: delay,
-            }
-        }
+        (408 | 409, _)
+        | (500..=599, _)
+        | (_, "UNAVAILABLE" | "DEADLINE_EXCEEDED" | "INTERNAL" | "ABORTED") => Outcome::Retry {
+            failure,
+            retry_after: delay,
+        },
         _ => Outcome::Permanent(failure),
     }
 }
@@ -346,7 +378,10 @@ fn field_violations(answer: &Value) -> Vec<Value> {
 /// `events[1]…`).
 pub fn event_index(field: &str) -> Option<usize> {
     let at = field.rfind("events[")? + "events[".len();
-    let digits: String = field[at..].chars().take_while(char::is_ascii_digit).collect();
+    let digits: String = field[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
     digits.parse().ok()
 }
 
@@ -371,7 +406,11 @@ fn row_index(error: &Value, field: &str) -> Option<usize> {
         .as_array()?
         .iter()
         .find(|e| e["fieldName"].as_str().is_some_and(|n| squash(n) == want))
-        .and_then(|e| e["index"].as_u64().or_else(|| e["index"].as_str()?.parse().ok()))
+        .and_then(|e| {
+            e["index"]
+                .as_u64()
+                .or_else(|| e["index"].as_str()?.parse().ok())
+        })
         .map(|i| i as usize)
 }
 
@@ -386,18 +425,21 @@ fn row_outcome(error: &Value, http: u16, request_id: Option<&str>) -> Outcome {
         format!("ads_{}", code.to_lowercase()),
         format!(
             "Google Ads refused the row: {family} {code}{}",
-            request_id.map(|r| format!(" (request-id {r})")).unwrap_or_default()
+            request_id
+                .map(|r| format!(" (request-id {r})"))
+                .unwrap_or_default()
         ),
     )
     .with_status(http);
     let hours = |h: u64| Some(Duration::from_secs(h * 3600));
     match code.as_str() {
-        "TOO_RECENT_EVENT" | "TOO_RECENT_CONVERSION_ACTION" | "TOO_RECENT_CALL" | "TOO_RECENT_CLICK" => {
-            Outcome::Retry {
-                failure,
-                retry_after: hours(6),
-            }
-        }
+        "TOO_RECENT_EVENT"
+        | "TOO_RECENT_CONVERSION_ACTION"
+        | "TOO_RECENT_CALL"
+        | "TOO_RECENT_CLICK" => Outcome::Retry {
+            failure,
+            retry_after: hours(6),
+        },
         "TOO_RECENT_CONVERSION" => Outcome::Retry {
             failure,
             retry_after: hours(24),
@@ -410,12 +452,13 @@ fn row_outcome(error: &Value, http: u16, request_id: Option<&str>) -> Outcome {
             reference: request_id.map(str::to_owned),
             http_status: Some(http),
         },
-        "RESOURCE_EXHAUSTED" | "RESOURCE_TEMPORARILY_EXHAUSTED" | "INTERNAL_ERROR" | "TRANSIENT_ERROR" => {
-            Outcome::Retry {
-                failure,
-                retry_after: None,
-            }
-        }
+        "RESOURCE_EXHAUSTED"
+        | "RESOURCE_TEMPORARILY_EXHAUSTED"
+        | "INTERNAL_ERROR"
+        | "TRANSIENT_ERROR" => Outcome::Retry {
+            failure,
+            retry_after: None,
+        },
         _ => Outcome::Permanent(failure),
     }
 }
@@ -449,7 +492,11 @@ mod tests {
             (403, "PERMISSION_DENIED", "systemic"),
             (401, "UNAUTHENTICATED", "systemic"),
         ] {
-            assert_eq!(kind(&classify_error(http, &err(http, status), None, "X")), want, "{status}");
+            assert_eq!(
+                kind(&classify_error(http, &err(http, status), None, "X")),
+                want,
+                "{status}"
+            );
         }
     }
 
@@ -465,9 +512,15 @@ mod tests {
 
     #[test]
     fn violation_paths_name_their_event() {
-        assert_eq!(event_index("events.events[1].user_data.user_identifiers[2]"), Some(1));
+        assert_eq!(
+            event_index("events.events[1].user_data.user_identifiers[2]"),
+            Some(1)
+        );
         assert_eq!(event_index("events[12].event_source"), Some(12));
-        assert_eq!(event_index("destinations[0].login_account.account_id"), None);
+        assert_eq!(
+            event_index("destinations[0].login_account.account_id"),
+            None
+        );
     }
 
     #[test]
@@ -476,15 +529,39 @@ mod tests {
             json!({"errorCode": {"conversionUploadError": code},
                    "location": {"fieldPathElements": [{"fieldName": field, "index": i}]}})
         };
-        assert_eq!(row_index(&error("X", "conversions", 3), "conversions"), Some(3));
         assert_eq!(
-            row_index(&error("X", "conversion_adjustments", 1), "conversionAdjustments"),
+            row_index(&error("X", "conversions", 3), "conversions"),
+            Some(3)
+        );
+        assert_eq!(
+            row_index(
+                &error("X", "conversion_adjustments", 1),
+                "conversionAdjustments"
+            ),
             Some(1)
         );
-        assert_eq!(kind(&row_outcome(&error("TOO_RECENT_EVENT", "conversions", 0), 200, None)), "retry");
-        assert_eq!(kind(&row_outcome(&error("CLICK_NOT_FOUND", "conversions", 0), 200, None)), "permanent");
         assert_eq!(
-            kind(&row_outcome(&error("CONVERSION_ALREADY_RETRACTED", "conversions", 0), 200, None)),
+            kind(&row_outcome(
+                &error("TOO_RECENT_EVENT", "conversions", 0),
+                200,
+                None
+            )),
+            "retry"
+        );
+        assert_eq!(
+            kind(&row_outcome(
+                &error("CLICK_NOT_FOUND", "conversions", 0),
+                200,
+                None
+            )),
+            "permanent"
+        );
+        assert_eq!(
+            kind(&row_outcome(
+                &error("CONVERSION_ALREADY_RETRACTED", "conversions", 0),
+                200,
+                None
+            )),
             "sent"
         );
     }

@@ -33,6 +33,10 @@ use crate::cfg::{MAX_EVENTS_PER_REQUEST, Settings};
 use crate::client::{GoogleClient, IngestResult, Upload};
 use crate::payload::{Context, GoogleEvent, Skip};
 
+/// Events of one request family and conversion action: ((family, action id), members by
+/// their position in the batch).
+type Group<'a> = ((u8, &'a str), Vec<(usize, &'a GoogleEvent)>);
+
 /// The Google Ads destination.
 pub struct GoogleAdsAdapter {
     settings: Settings,
@@ -73,7 +77,9 @@ impl GoogleAdsAdapter {
                     let mut rest = Vec::new();
                     for (k, (i, e)) in pending.into_iter().enumerate() {
                         match named.iter().find(|(n, _)| *n == k) {
-                            Some((_, failure)) => out.push((i, Outcome::Permanent(failure.clone()))),
+                            Some((_, failure)) => {
+                                out.push((i, Outcome::Permanent(failure.clone())))
+                            }
                             None => rest.push((i, e)),
                         }
                     }
@@ -141,7 +147,7 @@ impl Adapter for GoogleAdsAdapter {
                 .collect();
         }
         // One request per family (ingest, clicks, retractions) and conversion action.
-        let mut groups: Vec<((u8, &str), Vec<(usize, &GoogleEvent)>)> = Vec::new();
+        let mut groups: Vec<Group<'_>> = Vec::new();
         for (i, item) in items.iter().enumerate() {
             let key = item.prepared.group();
             match groups.iter_mut().find(|(k, _)| *k == key) {
@@ -256,10 +262,15 @@ pub fn verdict_of(answer: &Value, request_id: &str, index: usize) -> Verdict {
         // PROCESSING, REQUEST_STATUS_UNKNOWN, or nothing yet: never marked sent early.
         return Verdict::Pending;
     }
-    let counts = dest["errorInfo"]["errorCounts"].as_array().cloned().unwrap_or_default();
+    let counts = dest["errorInfo"]["errorCounts"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     let mut attributed = false;
     for c in &counts {
-        let reason = c["reason"].as_str().unwrap_or("PROCESSING_ERROR_REASON_UNSPECIFIED");
+        let reason = c["reason"]
+            .as_str()
+            .unwrap_or("PROCESSING_ERROR_REASON_UNSPECIFIED");
         let indices = c["recordIndices"].as_array().cloned().unwrap_or_default();
         attributed |= !indices.is_empty();
         let hit = indices.iter().any(|v| {
@@ -317,9 +328,15 @@ mod tests {
             json!({"requestStatusPerDestination": [{"requestStatus": s,
                    "errorInfo": {"errorCounts": counts}}]})
         };
-        assert_eq!(verdict_of(&status("PROCESSING", json!([])), "r", 0), Verdict::Pending);
+        assert_eq!(
+            verdict_of(&status("PROCESSING", json!([])), "r", 0),
+            Verdict::Pending
+        );
         assert_eq!(verdict_of(&json!({}), "r", 0), Verdict::Pending);
-        assert_eq!(verdict_of(&status("SUCCESS", json!([])), "r", 0), Verdict::Sent);
+        assert_eq!(
+            verdict_of(&status("SUCCESS", json!([])), "r", 0),
+            Verdict::Sent
+        );
         let partial = status(
             "PARTIAL_SUCCESS",
             json!([{"recordCount": "1", "reason": "PROCESSING_ERROR_REASON_CLICK_NOT_FOUND",
@@ -337,8 +354,17 @@ mod tests {
             "FAILED",
             json!([{"reason": "PROCESSING_ERROR_REASON_TOO_RECENT_CLICK", "recordIndices": [0]}]),
         );
-        assert!(matches!(verdict_of(&too_recent, "r", 0), Verdict::Resend { .. }));
-        let unattributed = status("FAILED", json!([{"reason": "PROCESSING_ERROR_REASON_INVALID_CLICK"}]));
-        assert!(matches!(verdict_of(&unattributed, "r", 3), Verdict::Failed(_)));
+        assert!(matches!(
+            verdict_of(&too_recent, "r", 0),
+            Verdict::Resend { .. }
+        ));
+        let unattributed = status(
+            "FAILED",
+            json!([{"reason": "PROCESSING_ERROR_REASON_INVALID_CLICK"}]),
+        );
+        assert!(matches!(
+            verdict_of(&unattributed, "r", 3),
+            Verdict::Failed(_)
+        ));
     }
 }

@@ -20,5 +20,10 @@ async fn main() -> ExitCode {
         service::announce_dry_run("google-ads-sender", "Google Ads", &required);
     }
     let runtime = settings.runtime.clone();
-    service::run("google-ads-sender", runtime, GoogleAdsAdapter::new(settings)).await
+    service::run(
+        "google-ads-sender",
+        runtime,
+        GoogleAdsAdapter::new(settings),
+    )
+    .await
 }

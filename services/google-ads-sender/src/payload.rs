@@ -103,7 +103,10 @@ pub fn build(
         .map(|t| t.with_timezone(&Utc))
         .ok_or_else(|| Skip::Invalid("invalid_event", "occurred_at is not a timestamp".into()))?;
     let occurred = occurred.min(cx.now);
-    let refund = ev.refund.as_ref().filter(|_| mapping.kind == Kind::Adjustment);
+    let refund = ev
+        .refund
+        .as_ref()
+        .filter(|_| mapping.kind == Kind::Adjustment);
     let full_refund = refund.is_some_and(|r| r.kind == Some(RefundKind::Full));
     let max_age = if full_refund {
         MAX_ADJUSTMENT_AGE
@@ -120,9 +123,10 @@ pub fn build(
         ));
     }
     if full_refund {
-        let order = ev.order_id.as_deref().ok_or_else(|| {
-            Skip::Invalid("invalid_event", "a retraction needs order_id".into())
-        })?;
+        let order = ev
+            .order_id
+            .as_deref()
+            .ok_or_else(|| Skip::Invalid("invalid_event", "a retraction needs order_id".into()))?;
         let adjustment = json!({
             "adjustmentType": "RETRACTION",
             "conversionAction": conversion_action(cx.customer_id, &action_id),
@@ -257,7 +261,11 @@ fn data_manager_identifiers(ev: &LeadEvent) -> Vec<Value> {
     let given = c.first_name.as_deref().and_then(h::name);
     let family = c.last_name.as_deref().and_then(h::name);
     let region = c.country.as_deref().map(str::to_ascii_uppercase);
-    let postal = c.postal_code.as_deref().map(str::trim).filter(|p| !p.is_empty());
+    let postal = c
+        .postal_code
+        .as_deref()
+        .map(str::trim)
+        .filter(|p| !p.is_empty());
     if let (Some(g), Some(f), Some(r), Some(p)) = (given, family, region, postal) {
         out.push(json!({ "address": {
             "givenName": g, "familyName": f, "regionCode": r, "postalCode": p
@@ -341,10 +349,12 @@ mod tests {
 
     #[test]
     fn a_won_without_a_click_id_is_an_enhanced_conversion_for_leads_with_identifiers_only() {
-        let GoogleEvent::Ingest { event, action_id } =
-            build(&env(won()), Some(&mapping(Kind::ClickConversion)), cx(Route::DataManager))
-                .unwrap()
-        else {
+        let GoogleEvent::Ingest { event, action_id } = build(
+            &env(won()),
+            Some(&mapping(Kind::ClickConversion)),
+            cx(Route::DataManager),
+        )
+        .unwrap() else {
             panic!()
         };
         assert_eq!(action_id, "555");
@@ -368,12 +378,18 @@ mod tests {
     fn the_ads_api_route_builds_click_conversions_with_offsets_and_one_identifier_per_object() {
         let mut e = won();
         e["attribution"] = json!({"gclid": "G-1", "wbraid": "W-1"});
-        let GoogleEvent::Click { conversion, .. } =
-            build(&env(e), Some(&mapping(Kind::ClickConversion)), cx(Route::AdsApi)).unwrap()
-        else {
+        let GoogleEvent::Click { conversion, .. } = build(
+            &env(e),
+            Some(&mapping(Kind::ClickConversion)),
+            cx(Route::AdsApi),
+        )
+        .unwrap() else {
             panic!()
         };
-        assert_eq!(conversion["conversionDateTime"], "2026-12-01 10:00:00+00:00");
+        assert_eq!(
+            conversion["conversionDateTime"],
+            "2026-12-01 10:00:00+00:00"
+        );
         assert_eq!(conversion["gclid"], "G-1");
         assert!(conversion.get("wbraid").is_none());
         assert_eq!(
@@ -390,19 +406,24 @@ mod tests {
         partial["event_name"] = json!("refund");
         partial["value"] = json!(30);
         partial["refund"] = json!({"kind": "partial", "remaining_value": 70});
-        let GoogleEvent::Ingest { event, .. } =
-            build(&env(partial.clone()), Some(&mapping(Kind::Adjustment)), cx(Route::DataManager))
-                .unwrap()
-        else {
+        let GoogleEvent::Ingest { event, .. } = build(
+            &env(partial.clone()),
+            Some(&mapping(Kind::Adjustment)),
+            cx(Route::DataManager),
+        )
+        .unwrap() else {
             panic!()
         };
         assert_eq!(event["transactionId"], "O-1");
         assert_eq!(event["conversionValue"], 70.0);
         let mut full = partial;
         full["refund"] = json!({"kind": "full"});
-        let GoogleEvent::Retraction { adjustment, .. } =
-            build(&env(full), Some(&mapping(Kind::Adjustment)), cx(Route::DataManager)).unwrap()
-        else {
+        let GoogleEvent::Retraction { adjustment, .. } = build(
+            &env(full),
+            Some(&mapping(Kind::Adjustment)),
+            cx(Route::DataManager),
+        )
+        .unwrap() else {
             panic!()
         };
         assert_eq!(adjustment["adjustmentType"], "RETRACTION");
