@@ -192,7 +192,7 @@ async fn main() {
                 let rate = run_sender(&p, destination, latency, &opts, replicas).await;
                 println!(
                     "  {:<12} {label:<28} {replicas:>9} {rate:>10.0} {:>11.0}%",
-                    format!("{}-sender", destination.as_str()),
+                    sender_name(destination),
                     100.0 * rate / ceiling
                 );
                 results.push(rate);
@@ -201,7 +201,7 @@ async fn main() {
     }
     println!("\nsummary:");
     for (i, destination) in senders.iter().enumerate() {
-        let sender = format!("{}-sender", destination.as_str());
+        let sender = sender_name(*destination);
         let r = &results[i * 4..i * 4 + 4];
         println!(
             "  {sender}: one replica (fake at once) / chassis ceiling = {:.0}% (target >= 50%) {}",
@@ -220,6 +220,11 @@ async fn main() {
         );
     }
     p.cleanup().await;
+}
+
+/// The service's name (`google-ads-sender`, not the queue's `google_ads`).
+fn sender_name(destination: Destination) -> String {
+    format!("{}-sender", destination.as_str().replace('_', "-"))
 }
 
 fn verdict(pass: bool) -> &'static str {

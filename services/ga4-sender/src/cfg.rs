@@ -279,9 +279,18 @@ impl Settings {
                 "must be at least 1",
             ));
         }
+        let base_url = env::string_or("GA4_API_BASE_URL", DEFAULT_BASE_URL);
+        if !leadpipe_events::identifiers::is_http_url(&base_url)
+            || reqwest::Url::parse(&base_url).is_err()
+        {
+            return Err(ConfigError::invalid(
+                "GA4_API_BASE_URL",
+                "must be an http(s) URL such as https://www.google-analytics.com",
+            ));
+        }
         Ok(Self {
             runtime: RuntimeSettings::from_env(Destination::Ga4)?,
-            base_url: env::string_or("GA4_API_BASE_URL", DEFAULT_BASE_URL),
+            base_url,
             measurement_id,
             api_secret,
             validate: env::flag("GA4_VALIDATE", false)?,

@@ -54,8 +54,9 @@ impl ValidationMessage {
 /// A client for one web stream.
 pub struct Ga4Client {
     http: reqwest::Client,
-    collect_url: String,
-    debug_url: String,
+    /// Parsed once: one request per client id makes URL parsing a per-event cost.
+    collect_url: reqwest::Url,
+    debug_url: reqwest::Url,
 }
 
 impl Ga4Client {
@@ -79,8 +80,10 @@ impl Ga4Client {
                 .pool_max_idle_per_host(s.concurrent_requests.max(16))
                 .build()
                 .expect("an HTTP client builds"),
-            collect_url: format!("{base}/mp/collect?{query}"),
-            debug_url: format!("{base}/debug/mp/collect?{query}"),
+            collect_url: reqwest::Url::parse(&format!("{base}/mp/collect?{query}"))
+                .expect("GA4_API_BASE_URL is a URL"),
+            debug_url: reqwest::Url::parse(&format!("{base}/debug/mp/collect?{query}"))
+                .expect("GA4_API_BASE_URL is a URL"),
         }
     }
 
@@ -89,7 +92,7 @@ impl Ga4Client {
     pub async fn collect(&self, body: String) -> Result<u16, Outcome> {
         let response = self
             .http
-            .post(&self.collect_url)
+            .post(self.collect_url.clone())
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(body)
             .send()
@@ -113,7 +116,7 @@ impl Ga4Client {
         }
         let response = self
             .http
-            .post(&self.debug_url)
+            .post(self.debug_url.clone())
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(body)
             .send()
@@ -139,7 +142,7 @@ impl Ga4Client {
     /// debug endpoint, which validates and never collects.
     pub async fn probe(&self) -> bool {
         let body = json!({"client_id": "leadpipe.probe", "events": [{"name": "leadpipe_probe"}]});
-        matches!(self.http.post(&self.debug_url).json(&body).send().await,
+        matches!(self.http.post(self.debug_url.clone()).json(&body).send().await,
                  Ok(r) if r.status().is_success())
     }
 }
