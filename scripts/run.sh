@@ -22,6 +22,8 @@ $bin/ga4-sender >.run/ga4-sender.log 2>&1 &
 pids+=($!)
 $bin/google-ads-sender >.run/google-ads-sender.log 2>&1 &
 pids+=($!)
+$bin/crm-writer >.run/crm-writer.log 2>&1 &
+pids+=($!)
 
 cat <<MSG
 
@@ -30,6 +32,7 @@ leadpipe is running (namespace ${LEADPIPE_NAMESPACE}):
   meta-sender   http://127.0.0.1:9101/readyz  (logs in .run/meta-sender.log)$( [ -z "${META_ACCESS_TOKEN:-}" ] && echo ", DRY_RUN: META_PIXEL_ID/META_ACCESS_TOKEN not set")
   ga4-sender    http://127.0.0.1:9102/readyz  (logs in .run/ga4-sender.log)$( [ -z "${GA4_API_SECRET:-}" ] && echo ", DRY_RUN: GA4_MEASUREMENT_ID/GA4_API_SECRET not set")
   google-ads-sender http://127.0.0.1:9103/readyz  (logs in .run/google-ads-sender.log)$( [ -z "${GOOGLE_ADS_REFRESH_TOKEN:-}" ] && echo ", DRY_RUN: GOOGLE_ADS_* credentials not set")
+  crm-writer    http://127.0.0.1:9104/readyz  (logs in .run/crm-writer.log)$( [ -z "${CRM_WEBHOOK_URL:-}${HUBSPOT_ACCESS_TOKEN:-}" ] && echo ", DRY_RUN: CRM_WEBHOOK_URL/CRM_WEBHOOK_SECRET not set")
 
 Send the sample lead from another terminal:
 

@@ -71,7 +71,11 @@ pub static CRM_WEBHOOK_MAP: std::sync::LazyLock<leadpipe_config::sources::Webhoo
         }
         let mut set = std::collections::BTreeMap::new();
         set.insert("event_name".to_owned(), "lead".into());
-        leadpipe_config::sources::WebhookMap { set, fields }
+        leadpipe_config::sources::WebhookMap {
+            set,
+            fields,
+            ..Default::default()
+        }
     });
 
 /// The secret of the test source `site-widget`.
@@ -88,6 +92,10 @@ pub struct IngestOptions {
     pub amqp_url: String,
     /// Confirm deadline.
     pub confirm_timeout: Duration,
+    /// The namespace (a [`Pipeline`]'s, to feed its senders); a fresh one by default.
+    pub namespace: Option<String>,
+    /// Sources beside the test ones (e.g. loaded from `examples/`).
+    pub extra_sources: Vec<Source>,
 }
 
 impl Default for IngestOptions {
@@ -96,6 +104,8 @@ impl Default for IngestOptions {
             rate_limit_per_second: 100_000,
             amqp_url: amqp_url(),
             confirm_timeout: Duration::from_secs(5),
+            namespace: None,
+            extra_sources: Vec::new(),
         }
     }
 }
@@ -115,7 +125,7 @@ pub struct TestIngest {
 
 /// Builds and starts ingest on a free port in a fresh namespace and waits until it is ready.
 pub async fn spawn_ingest(opts: IngestOptions) -> TestIngest {
-    let namespace = unique_namespace("i");
+    let namespace = opts.namespace.unwrap_or_else(|| unique_namespace("i"));
     let settings = Settings {
         addr: "127.0.0.1:0".parse().unwrap(),
         amqp: AmqpSettings {
@@ -137,7 +147,10 @@ pub async fn spawn_ingest(opts: IngestOptions) -> TestIngest {
                 rate_limit_per_second: opts.rate_limit_per_second,
                 webhook: Some(CRM_WEBHOOK_MAP.clone()),
             },
-        ],
+        ]
+        .into_iter()
+        .chain(opts.extra_sources)
+        .collect(),
         custom_events: HashSet::from(["demo_booked".to_owned()]),
         max_body_bytes: leadpipe_ingest::cfg::DEFAULT_MAX_BODY_BYTES,
         confirm_timeout: opts.confirm_timeout,
@@ -582,6 +595,9 @@ pub mod fake_ga4;
 #[path = "support/fake_google.rs"]
 pub mod fake_google;
 
+#[path = "support/fake_crm.rs"]
+pub mod fake_crm;
+
 /// A lead that happened an hour ago, with ad consent granted.
 pub fn recent_lead(lead_id: &str) -> Value {
     let mut e = lead(lead_id);
@@ -667,6 +683,8 @@ pub struct Pipeline {
     pub ga4: fake_ga4::FakeGa4,
     /// The fake Google (OAuth, Data Manager, Google Ads API).
     pub google: fake_google::FakeGoogle,
+    /// The fake CRM (a signed-webhook receiver and a HubSpot-like API).
+    pub crm: fake_crm::FakeCrm,
     publisher: leadpipe_bus::Publisher,
     shutdown: CancellationToken,
 }
@@ -696,6 +714,8 @@ pub struct SenderOptions {
     pub ga4_validate: bool,
     /// `GOOGLE_ADS_ROUTE=ads_api`.
     pub google_ads_api_route: bool,
+    /// `CRM_KIND=hubspot` (else the signed webhook).
+    pub hubspot: bool,
 }
 
 impl Default for SenderOptions {
@@ -712,6 +732,7 @@ impl Default for SenderOptions {
             pause_after_failed_batches: 5,
             ga4_validate: false,
             google_ads_api_route: false,
+            hubspot: false,
         }
     }
 }
@@ -770,6 +791,7 @@ impl Pipeline {
             meta: fake_meta::FakeMeta::start(META_TOKEN).await,
             ga4: fake_ga4::FakeGa4::start(GA4_SECRET).await,
             google: fake_google::FakeGoogle::start().await,
+            crm: fake_crm::FakeCrm::start().await,
             publisher,
             shutdown,
         }
@@ -911,6 +933,39 @@ impl Pipeline {
             leadpipe_google_ads_sender::GoogleAdsAdapter::new(settings),
         )
         .await
+    }
+
+    /// crm-writer settings for this pipeline (the shipped field map).
+    pub fn crm_settings(&self, opts: &SenderOptions) -> leadpipe_crm_writer::cfg::Settings {
+        use leadpipe_crm_writer::cfg;
+        let mapping = shipped_mapping();
+        let (fields, id_property) = cfg::crm_fields(&mapping).unwrap();
+        cfg::Settings {
+            runtime: self.runtime_settings(opts),
+            kind: if opts.hubspot {
+                cfg::CrmKind::HubSpot {
+                    base_url: self.crm.base_url.clone(),
+                }
+            } else {
+                cfg::CrmKind::Webhook {
+                    url: Some(self.crm.webhook_url()),
+                }
+            },
+            webhook_secret: Some(SecretString::from(fake_crm::WEBHOOK_SECRET)),
+            hubspot_token: Some(SecretString::from(fake_crm::HUBSPOT_TOKEN)),
+            dry_run: opts.dry_run,
+            timeout: Duration::from_secs(5),
+            fields,
+            id_property,
+            mappings: cfg::crm_mappings(&mapping).unwrap(),
+        }
+    }
+
+    /// Starts crm-writer in this process.
+    pub async fn start_crm(&self, opts: SenderOptions) -> TestSender {
+        let settings = self.crm_settings(&opts);
+        let runtime = settings.runtime.clone();
+        start_sender(runtime, leadpipe_crm_writer::CrmAdapter::new(settings)).await
     }
 
     /// Starts meta-sender in this process.

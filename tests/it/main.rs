@@ -2,6 +2,7 @@
 //! uses its own namespace and database, so they run in parallel.
 
 mod cli;
+mod crm_writer;
 mod database;
 mod deploy;
 mod ga4_sender;
@@ -12,5 +13,6 @@ mod ingest;
 mod ingest_binary;
 mod meta_sender;
 mod meta_sender_binary;
+mod native_webhooks;
 mod runtime;
 mod topology;

@@ -32,29 +32,73 @@ pub fn map(map: &WebhookMap, source_id: &str, native: &Value) -> (Value, HashMap
         let Some(v) = native.pointer(pointer).filter(|v| !v.is_null()) else {
             continue;
         };
-        set(&mut event, path, convert(path, v));
+        // A value table (the event-name table, consent flags) translates native values; a
+        // value it does not list goes through as it is, and validation names it.
+        let translated = map.values.get(path).and_then(|table| {
+            let key = match v {
+                Value::String(s) => s.clone(),
+                Value::Bool(_) | Value::Number(_) => v.to_string(),
+                _ => return None,
+            };
+            table.get(&key).map(|c| Value::String(c.clone()))
+        });
+        let value = translated.unwrap_or_else(|| convert(path, v, map.timestamp_format.as_deref()));
+        set(&mut event, path, value);
         origins.insert(path.clone(), pointer.clone());
     }
     (event, origins)
 }
 
-fn convert(path: &str, v: &Value) -> Value {
+fn convert(path: &str, v: &Value, timestamp_format: Option<&str>) -> Value {
     let free_form = path.starts_with("custom.") || path.starts_with("context.qualification.");
     match v {
         Value::Number(n) if TIMESTAMPS.contains(&path) => {
             let raw = n.as_f64().unwrap_or_default();
-            // Above 10^11 it can only be milliseconds (10^11 s is the year 5138).
-            let millis = if raw > 1e11 { raw } else { raw * 1000.0 };
+            // Above 10^11 it can only be milliseconds (10^11 s is the year 5138), unless the
+            // map says unix_ms.
+            let millis = if raw > 1e11 || timestamp_format == Some("unix_ms") {
+                raw
+            } else {
+                raw * 1000.0
+            };
             DateTime::<Utc>::from_timestamp_millis(millis as i64)
                 .map(|t| Value::String(t.to_rfc3339_opts(SecondsFormat::Secs, true)))
                 .unwrap_or_else(|| v.clone())
         }
+        Value::String(s) if TIMESTAMPS.contains(&path) => match timestamp_format {
+            Some("unix" | "unix_ms") => s
+                .trim()
+                .parse::<f64>()
+                .map(|n| convert(path, &serde_json::json!(n), timestamp_format))
+                .unwrap_or_else(|_| v.clone()),
+            Some(format) => parse_formatted(s.trim(), format)
+                .map(|t| Value::String(t.to_rfc3339_opts(SecondsFormat::Secs, true)))
+                .unwrap_or_else(|| v.clone()),
+            None => v.clone(),
+        },
         Value::Number(n) if !NUMERIC.contains(&path) && !free_form => Value::String(n.to_string()),
         Value::Bool(b) if !free_form && !path.starts_with("consent.") => {
             Value::String(b.to_string())
         }
         other => other.clone(),
     }
+}
+
+/// A timestamp written as `format`: with its offset when the format has `%z`, else UTC.
+fn parse_formatted(s: &str, format: &str) -> Option<DateTime<Utc>> {
+    if format.contains("%z") || format.contains("%:z") {
+        return DateTime::parse_from_str(s, format)
+            .ok()
+            .map(|t| t.with_timezone(&Utc));
+    }
+    chrono::NaiveDateTime::parse_from_str(s, format)
+        .ok()
+        .or_else(|| {
+            chrono::NaiveDate::parse_from_str(s, format)
+                .ok()
+                .and_then(|d| d.and_hms_opt(0, 0, 0))
+        })
+        .map(|t| t.and_utc())
 }
 
 fn set(root: &mut Value, path: &str, value: Value) {
@@ -107,6 +151,34 @@ occurred_at = "/created_at"
         );
         assert_eq!(origins["contact.email"], "/user/email");
         assert!(!origins.contains_key("contact.phone"));
+    }
+
+    #[test]
+    fn value_tables_translate_native_values_and_formats_read_timestamps() {
+        let mut m = field_map();
+        m.fields.insert("event_name".into(), "/type".into());
+        m.fields
+            .insert("consent.ad_user_data".into(), "/ads".into());
+        m.values.insert(
+            "event_name".into(),
+            [("form_submitted".to_owned(), "lead".to_owned())].into(),
+        );
+        m.values.insert(
+            "consent.ad_user_data".into(),
+            [("true".to_owned(), "granted".to_owned())].into(),
+        );
+        m.timestamp_format = Some("%d/%m/%Y %H:%M".into());
+        let native =
+            json!({"type": "form_submitted", "ads": true, "created_at": "04/12/2026 10:15"});
+        let (event, _) = map(&m, "acme", &native);
+        assert_eq!(event["event_name"], "lead");
+        assert_eq!(event["consent"]["ad_user_data"], "granted");
+        assert_eq!(event["occurred_at"], "2026-12-04T10:15:00Z");
+        // A value the table does not list goes through for validation to name.
+        let (event, _) = map(&m, "acme", &json!({"type": "chat_closed"}));
+        assert_eq!(event["event_name"], "chat_closed");
+        let (event, _) = map(&m, "acme", &json!({"created_at": "04/12/2026 10:15 +0100"}));
+        assert_eq!(event["occurred_at"], "04/12/2026 10:15 +0100");
     }
 
     #[test]

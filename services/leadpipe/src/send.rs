@@ -17,7 +17,7 @@ use leadpipe_config::sources::{self, DEFAULT_SOURCES_PATH};
 /// Arguments of `send`.
 #[derive(clap::Args)]
 pub(crate) struct SendArgs {
-    /// A file with one canonical event (JSON object) per line.
+    /// A file with one canonical event (JSON object) per line, or one JSON document.
     file: PathBuf,
     /// The source id to sign as; its secret comes from the variable the sources file names.
     #[arg(long)]
@@ -35,6 +35,10 @@ pub(crate) struct SendArgs {
     /// age windows; the derived event_id changes with it).
     #[arg(long)]
     now: bool,
+    /// Post to the source's native webhook (`/v1/sources/<source>/webhook`): the file holds
+    /// the platform's own payloads, mapped by the source's field map.
+    #[arg(long)]
+    webhook: bool,
 }
 
 pub(crate) async fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
@@ -46,12 +50,21 @@ pub(crate) async fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("--source {:?} is not in {sources_path}", args.source))?;
     let text = std::fs::read_to_string(&args.file)
         .with_context(|| format!("cannot read {}", args.file.display()))?;
-    let mut lines: Vec<(usize, String)> = text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| (i + 1, l.to_owned()))
-        .collect();
+    if args.now && args.webhook {
+        anyhow::bail!(
+            "--now rewrites the canonical occurred_at; a native payload keeps its own timestamp (drop --now or --webhook)"
+        );
+    }
+    // One (pretty-printed) JSON document, or JSON lines.
+    let mut lines: Vec<(usize, String)> = match serde_json::from_str::<serde_json::Value>(&text) {
+        Ok(doc @ serde_json::Value::Object(_)) => vec![(1, doc.to_string())],
+        _ => text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+            .map(|(i, l)| (i + 1, l.to_owned()))
+            .collect(),
+    };
     for (n, line) in &mut lines {
         let mut value = serde_json::from_str::<serde_json::Value>(line)
             .with_context(|| format!("{} line {n} is not JSON", args.file.display()))?;
@@ -66,7 +79,15 @@ pub(crate) async fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()?;
-    let endpoint = format!("{}/v1/events", args.url.trim_end_matches('/'));
+    let endpoint = if args.webhook {
+        format!(
+            "{}/v1/sources/{}/webhook",
+            args.url.trim_end_matches('/'),
+            source.id
+        )
+    } else {
+        format!("{}/v1/events", args.url.trim_end_matches('/'))
+    };
     let done = Arc::new(AtomicU64::new(0));
     let accepted = Arc::new(AtomicU64::new(0));
     let started = Instant::now();

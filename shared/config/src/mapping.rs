@@ -25,6 +25,10 @@ pub struct MappingConfig {
     /// Per canonical event name (built-in or custom), what each destination receives.
     #[serde(default)]
     pub events: BTreeMap<String, EventMapping>,
+    /// CRM-wide settings: the field map (canonical path → CRM field) and the unique property
+    /// that identifies a lead without an email (crm-writer reads and checks it).
+    #[serde(default)]
+    pub crm: Option<toml::Table>,
 }
 
 /// What the destinations receive for one canonical event name. A destination without a

@@ -41,12 +41,20 @@ pub struct Source {
 /// A declarative field map from a chatbot platform's native payload to the canonical event:
 ///
 /// ```toml
-/// [sources.webhook.set]            # constants
-/// event_name = "lead"
-/// [sources.webhook.fields]         # canonical field = JSON pointer into the payload
-/// lead_id = "/conversation/id"
-/// occurred_at = "/created_at"      # RFC 3339, or unix seconds / milliseconds
+/// [sources.webhook]
+/// timestamp_format = "%d/%m/%Y %H:%M"   # optional: strftime pattern (UTC unless %z), or unix / unix_ms
+/// [sources.webhook.set]                 # constants
+/// "consent.basis" = "form opt-in"
+/// [sources.webhook.fields]              # canonical field = JSON pointer or simple dotted path
+/// event_name = "/type"
+/// lead_id = "conversation.id"
+/// occurred_at = "/created_at"           # RFC 3339, unix seconds / milliseconds, or the format
 /// "contact.email" = "/user/email"
+/// [sources.webhook.values.event_name]   # the event-name table: native value = canonical value
+/// "conversation.lead_captured" = "lead"
+/// [sources.webhook.values."consent.ad_user_data"]
+/// "true" = "granted"
+/// "false" = "denied"
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -54,9 +62,99 @@ pub struct WebhookMap {
     /// Canonical field (dotted path) → constant value.
     #[serde(default)]
     pub set: std::collections::BTreeMap<String, toml::Value>,
-    /// Canonical field (dotted path) → JSON pointer (RFC 6901) into the native payload.
+    /// Canonical field (dotted path) → JSON pointer (RFC 6901) into the native payload; a
+    /// simple dotted path (`user.email`) is turned into its pointer when the file loads.
     #[serde(default)]
     pub fields: std::collections::BTreeMap<String, String>,
+    /// Canonical field → (native value → canonical value): the event-name table is
+    /// `values.event_name`; consent flags map the same way.
+    #[serde(default)]
+    pub values: std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>,
+    /// How string timestamps are written: a strftime pattern (UTC unless it holds `%z`),
+    /// `unix` or `unix_ms`; RFC 3339 and unix numbers are always understood.
+    #[serde(default)]
+    pub timestamp_format: Option<String>,
+}
+
+/// A JSON pointer for a field map entry: a pointer as it is (its `~` escapes checked), or a
+/// simple dotted path (`user.email`, `items.0.id`) turned into one.
+pub fn to_pointer(spec: &str) -> std::result::Result<String, &'static str> {
+    let spec = spec.trim();
+    if let Some(rest) = spec.strip_prefix('/') {
+        let bad_escape = rest.split('/').any(|token| {
+            token
+                .split('~')
+                .skip(1)
+                .any(|after| !after.starts_with(['0', '1']))
+        });
+        return if bad_escape {
+            Err("is not a valid JSON pointer (`~` must be followed by 0 or 1)")
+        } else {
+            Ok(spec.to_owned())
+        };
+    }
+    if spec.is_empty() || spec.split('.').any(str::is_empty) {
+        return Err(
+            "must be a JSON pointer such as /user/email or a dotted path such as user.email",
+        );
+    }
+    Ok(spec
+        .split('.')
+        .map(|t| format!("/{}", t.replace('~', "~0").replace('/', "~1")))
+        .collect())
+}
+
+/// Checks a source's webhook map (every key a canonical field, every pointer valid, value
+/// tables on mapped fields, event names of the right shape, a usable timestamp format), and
+/// turns dotted paths into pointers.
+fn check_webhook(w: &mut WebhookMap, key: &dyn Fn(&str) -> String) -> Result<()> {
+    for path in w.set.keys().chain(w.fields.keys()).chain(w.values.keys()) {
+        if !leadpipe_events::validate::is_mappable_path(path) || path == "source" {
+            return Err(ConfigError::invalid(
+                format!("{}.{path}", key("webhook")),
+                "is not a field of the canonical event (source is set from the id)",
+            ));
+        }
+    }
+    for (path, spec) in w.fields.iter_mut() {
+        *spec = to_pointer(spec).map_err(|why| {
+            ConfigError::invalid(format!("{}.fields.{path}", key("webhook")), why)
+        })?;
+    }
+    for (path, table) in &w.values {
+        if !w.fields.contains_key(path) {
+            return Err(ConfigError::invalid(
+                format!("{}.values.{path}", key("webhook")),
+                "translates values of a field the map does not read (add it to fields)",
+            ));
+        }
+        if path == "event_name" {
+            for (native, name) in table {
+                let known = leadpipe_events::model::BUILTIN_EVENT_NAMES.contains(&name.as_str())
+                    || leadpipe_events::validate::is_custom_name(name);
+                if !known {
+                    return Err(ConfigError::invalid(
+                        format!("{}.values.event_name.{native}", key("webhook")),
+                        "must name a canonical event (lead, won, …, or a custom name)",
+                    ));
+                }
+            }
+        }
+    }
+    if let Some(format) = &w.timestamp_format {
+        let parsable = format == "unix"
+            || format == "unix_ms"
+            || (format.contains('%')
+                && !chrono::format::StrftimeItems::new(format)
+                    .any(|i| matches!(i, chrono::format::Item::Error)));
+        if !parsable {
+            return Err(ConfigError::invalid(
+                format!("{}.timestamp_format", key("webhook")),
+                "must be a strftime pattern such as %d/%m/%Y %H:%M, or unix / unix_ms",
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[derive(Debug, Deserialize)]
@@ -164,30 +262,16 @@ pub fn parse(text: &str, secret_of: impl Fn(&str) -> Option<String>) -> Result<V
                 "must be at least 1",
             ));
         }
-        if let Some(w) = &e.webhook {
-            for path in w.set.keys().chain(w.fields.keys()) {
-                if !leadpipe_events::validate::is_field_path(path) || path == "source" {
-                    return Err(ConfigError::invalid(
-                        format!("{}.{path}", key("webhook")),
-                        "is not a field of the canonical event (source is set from the id)",
-                    ));
-                }
-            }
-            for (path, pointer) in &w.fields {
-                if !pointer.starts_with('/') {
-                    return Err(ConfigError::invalid(
-                        format!("{}.fields.{path}", key("webhook")),
-                        "must be a JSON pointer such as /user/email",
-                    ));
-                }
-            }
+        let mut webhook = e.webhook;
+        if let Some(w) = webhook.as_mut() {
+            check_webhook(w, &key)?;
         }
         out.push(Source {
             id,
             secret: SecretString::from(secret),
             default_region,
             rate_limit_per_second: rate,
-            webhook: e.webhook,
+            webhook,
         });
     }
     Ok(out)
@@ -271,14 +355,38 @@ rate_limit_per_second = 500
             ok[0].webhook.as_ref().unwrap().fields["contact.email"],
             "/user/email"
         );
+        let dotted = parse(
+            &format!("{base}[sources.webhook.fields]\n\"contact.email\" = \"user.e~mail\"\nlead_id = \"items.0.id\"\n"),
+            env,
+        )
+        .unwrap();
+        let fields = &dotted[0].webhook.as_ref().unwrap().fields;
+        assert_eq!(fields["contact.email"], "/user/e~0mail");
+        assert_eq!(fields["lead_id"], "/items/0/id");
         for (extra, key) in [
             (
                 "[sources.webhook.fields]\n\"contact.mail\" = \"/e\"\n",
                 "sources[0].webhook.contact.mail",
             ),
             (
-                "[sources.webhook.fields]\nlead_id = \"id\"\n",
+                "[sources.webhook.fields]\nlead_id = \"/id/~2\"\n",
                 "sources[0].webhook.fields.lead_id",
+            ),
+            (
+                "[sources.webhook.fields]\nlead_id = \"a..b\"\n",
+                "sources[0].webhook.fields.lead_id",
+            ),
+            (
+                "[sources.webhook.values.event_name]\nx = \"lead\"\n",
+                "sources[0].webhook.values.event_name",
+            ),
+            (
+                "[sources.webhook.fields]\nevent_name = \"/t\"\n[sources.webhook.values.event_name]\nx = \"Lead Created\"\n",
+                "sources[0].webhook.values.event_name.x",
+            ),
+            (
+                "[sources.webhook]\ntimestamp_format = \"%Q\"\n",
+                "sources[0].webhook.timestamp_format",
             ),
             (
                 "[sources.webhook.set]\nsource = \"x\"\n",

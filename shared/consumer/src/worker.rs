@@ -347,7 +347,10 @@ async fn process_batch<A: Adapter>(
     let mut outcomes: HashMap<usize, Outcome> = HashMap::new();
     let mut to_send: Vec<(usize, Item<A::Prepared>)> = Vec::new();
     let mut to_poll: Vec<(usize, Awaiting)> = Vec::new();
-    for (id, &i) in &first_of {
+    // In arrival order: a CRM must see a lead before its won.
+    let mut order: Vec<(&String, usize)> = first_of.iter().map(|(id, &i)| (id, i)).collect();
+    order.sort_unstable_by_key(|&(_, i)| i);
+    for (id, i) in order {
         let slot = &mut slots[i];
         if claim.done.contains(id) {
             slot.action = Some(Action::Ack("duplicate"));

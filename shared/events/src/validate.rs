@@ -739,6 +739,16 @@ pub fn is_field_path(path: &str) -> bool {
     true
 }
 
+/// Whether a field map may write or read `path`: a field of the canonical event, or a key of
+/// its free-form maps (`custom.<key>`, `context.qualification.<key>`).
+pub fn is_mappable_path(path: &str) -> bool {
+    let free = |prefix: &str| {
+        path.strip_prefix(prefix)
+            .is_some_and(|k| !k.is_empty() && !k.contains('.'))
+    };
+    free("custom.") || free("context.qualification.") || is_field_path(path)
+}
+
 /// Whether `name` has the shape of a custom event name: `[a-z][a-z0-9_]{0,39}`.
 pub fn is_custom_name(name: &str) -> bool {
     let mut chars = name.chars();
