@@ -10,7 +10,9 @@
 //! 4. **ga4-sender**, the same two cases against a fake GA4 (one request per client id: each
 //!    preloaded lead is its own browser, so one event per request);
 //! 5. **google-ads-sender**, the same against a fake Data Manager (wins with a gclid; what is
-//!    timed is Google accepting them — their status is asked for 30 minutes later).
+//!    timed is Google accepting them — their status is asked for 30 minutes later);
+//! 6. **crm-writer**, the same against a webhook receiver that verifies every signature (one
+//!    signed POST per lead, 16 under way per batch).
 //!
 //! Each run preloads its own namespace's queue, then times the drain.
 
@@ -22,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use leadpipe_bus::{Destination, Names, OutgoingMessage, Publisher, PublisherSettings};
 use leadpipe_consumer::{Outcome, Sender};
+use leadpipe_tests::fake_crm::FakeCrm;
 use leadpipe_tests::fake_ga4::FakeGa4;
 use leadpipe_tests::fake_google::FakeGoogle;
 use leadpipe_tests::fake_meta::FakeMeta;
@@ -168,7 +171,7 @@ async fn main() {
     let mut results = Vec::new();
     // `BENCH_SENDERS=ga4` (or `meta`) runs one sender only.
     let only = std::env::var("BENCH_SENDERS").ok();
-    let senders: Vec<Destination> = [Destination::Meta, Destination::Ga4, Destination::GoogleAds]
+    let senders: Vec<Destination> = Destination::ALL
         .into_iter()
         .filter(|d| only.as_deref().is_none_or(|o| o == d.as_str()))
         .collect();
@@ -295,7 +298,27 @@ async fn run_sender(
             }
             wait_until(|| fake.accepted_count()).await
         }
-        _ => {
+        Destination::Crm => {
+            let fake = FakeCrm::start().await;
+            let mut settings = p.crm_settings(opts);
+            settings.kind = leadpipe_crm_writer::cfg::CrmKind::Webhook {
+                url: Some(fake.webhook_url()),
+            };
+            settings.runtime.amqp.namespace = names.namespace().to_owned();
+            if let Some(c) = concurrency {
+                settings.runtime.concurrency = c;
+            }
+            fake.set_latency(latency);
+            for _ in 0..replicas {
+                let adapter = leadpipe_crm_writer::CrmAdapter::new(settings.clone());
+                let sender = Sender::build(settings.runtime.clone(), adapter, stop.clone())
+                    .await
+                    .unwrap();
+                handles.push(tokio::spawn(sender.run_until_stopped(stop.clone())));
+            }
+            wait_until(|| fake.written_count()).await
+        }
+        Destination::Meta => {
             let fake = FakeMeta::start(leadpipe_tests::META_TOKEN).await;
             fake.set_latency(latency);
             let mut settings = p.meta_settings(opts);

@@ -56,6 +56,9 @@ struct Inner {
     /// (idProperty, id) → properties of the contact.
     contacts: HashMap<(String, String), Value>,
     next_id: u64,
+    latency: std::time::Duration,
+    /// Verified webhook writes kept (a cheap count for benchmarks).
+    written: usize,
 }
 
 /// The fakes' handle (both served on one port).
@@ -106,6 +109,7 @@ async fn webhook(
     };
     if status == 200 {
         *g.seen.entry(id.clone()).or_default() += 1;
+        g.written += 1;
     }
     g.deliveries.push(Delivery {
         id,
@@ -266,6 +270,16 @@ impl FakeCrm {
     /// Answer the next HubSpot batches with these statuses (429 carries HubSpot's headers).
     pub fn script_hubspot(&self, statuses: impl IntoIterator<Item = u16>) {
         self.inner.lock().unwrap().hubspot_script.extend(statuses);
+    }
+
+    /// Delay every webhook answer.
+    pub fn set_latency(&self, latency: std::time::Duration) {
+        self.inner.lock().unwrap().latency = latency;
+    }
+
+    /// How many verified webhook writes were kept.
+    pub fn written_count(&self) -> usize {
+        self.inner.lock().unwrap().written
     }
 
     /// Every webhook delivery so far.
