@@ -36,7 +36,7 @@ leadpipe is running (namespace ${LEADPIPE_NAMESPACE}):
 
 Send the sample lead from another terminal:
 
-    SITE_WIDGET_SECRET=${SITE_WIDGET_SECRET} $bin/leadpipe send examples/lead.json --source site-widget --now
+    SITE_WIDGET_SECRET=${SITE_WIDGET_SECRET} INGEST_ADDR=${INGEST_ADDR} $bin/leadpipe send examples/lead.json --source site-widget --now
 
 then see what each destination did with it:
 

@@ -227,7 +227,10 @@ async fn main() {
 
 /// The service's name (`google-ads-sender`, not the queue's `google_ads`).
 fn sender_name(destination: Destination) -> String {
-    format!("{}-sender", destination.as_str().replace('_', "-"))
+    match destination {
+        Destination::Crm => "crm-writer".to_owned(),
+        d => format!("{}-sender", d.as_str().replace('_', "-")),
+    }
 }
 
 fn verdict(pass: bool) -> &'static str {

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
@@ -19,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use leadpipe_bus::publisher::string_headers;
 use leadpipe_bus::{Destination, Names, OutgoingMessage, Publisher, PublisherSettings, headers};
 use leadpipe_config::{AmqpSettings, DatabaseSettings};
+use leadpipe_events::Envelope;
 
 fn header(d: &Delivery, name: &str) -> Option<String> {
     match d.properties.headers().as_ref()?.inner().get(name)? {
@@ -133,14 +135,85 @@ pub(crate) async fn list(dest: Destination, limit: usize) -> anyhow::Result<Exit
     Ok(ExitCode::SUCCESS)
 }
 
+/// Parses `--since`: an RFC 3339 time, or an age back from now (`90m`, `6h`, `2d`).
+pub(crate) fn since(s: &str) -> anyhow::Result<DateTime<Utc>> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    let (n, unit) = s.split_at(s.len().saturating_sub(1));
+    let n: i64 = n.parse().map_err(|_| {
+        anyhow::anyhow!("--since {s:?}: use an RFC 3339 time or an age such as 90m, 6h, 2d")
+    })?;
+    let age = match unit {
+        "m" => chrono::Duration::minutes(n),
+        "h" => chrono::Duration::hours(n),
+        "d" => chrono::Duration::days(n),
+        _ => anyhow::bail!("--since {s:?}: the unit of an age is m, h or d"),
+    };
+    Ok(Utc::now() - age)
+}
+
+/// How old an event the destination still takes, for this event (`None`: any age).
+fn max_age(dest: Destination, env: &Envelope) -> Option<chrono::Duration> {
+    match dest {
+        Destination::Meta => Some(leadpipe_meta_sender::payload::MAX_AGE),
+        Destination::Ga4 => Some(leadpipe_ga4_sender::payload::MAX_AGE),
+        Destination::GoogleAds => Some(
+            if env
+                .event
+                .refund
+                .as_ref()
+                .is_some_and(|r| r.kind == Some(leadpipe_events::model::RefundKind::Full))
+            {
+                leadpipe_google_ads_sender::payload::MAX_ADJUSTMENT_AGE
+            } else {
+                leadpipe_google_ads_sender::payload::MAX_CONVERSION_AGE
+            },
+        ),
+        Destination::Crm => None,
+    }
+}
+
+/// Why a chosen message stays in the DLQ instead of being replayed: the destination would
+/// refuse it as too old now.
+fn too_old(dest: Destination, m: &Delivery, now: DateTime<Utc>) -> bool {
+    let Ok(env) = serde_json::from_slice::<Envelope>(&m.data) else {
+        return false;
+    };
+    let occurred = env
+        .event
+        .occurred_at
+        .as_deref()
+        .and_then(|t| DateTime::parse_from_rfc3339(t).ok());
+    match (occurred, max_age(dest, &env)) {
+        (Some(t), Some(max)) => now - t.with_timezone(&Utc) > max,
+        _ => false,
+    }
+}
+
+/// What `dlq replay` picks.
+pub(crate) struct ReplayFilter<'a> {
+    /// Only this `x-leadpipe-error-code`.
+    pub(crate) error_code: Option<&'a str>,
+    /// Only messages dead-lettered at or after this time.
+    pub(crate) since: Option<DateTime<Utc>>,
+    /// At most this many.
+    pub(crate) limit: Option<usize>,
+}
+
 /// `dlq replay <destination>`: moves matching messages back to the work queue with their
-/// attempts reset and the same event_id, and reopens their delivery log rows.
+/// attempts reset and the same event_id, and reopens their delivery log rows. A message the
+/// destination would now refuse as too old stays in the DLQ, counted and said.
 pub(crate) async fn replay(
     dest: Destination,
-    error_code: Option<&str>,
-    limit: Option<usize>,
+    filter: ReplayFilter<'_>,
     dry_run: bool,
 ) -> anyhow::Result<ExitCode> {
+    let ReplayFilter {
+        error_code,
+        since,
+        limit,
+    } = filter;
     let amqp = AmqpSettings::from_env()?;
     let names = Names::new(amqp.namespace.clone());
     let dlq = names.dead_letter_queue(dest);
@@ -151,25 +224,45 @@ pub(crate) async fn replay(
     let code_of =
         |m: &Delivery| header(m, headers::ERROR_CODE).unwrap_or_else(|| "delivery_limit".into());
     let limit = limit.unwrap_or(usize::MAX);
-    let chosen: Vec<bool> = {
+    let failed_at = |m: &Delivery| {
+        header(m, headers::FAILED_AT)
+            .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
+            .map(|t| t.with_timezone(&Utc))
+    };
+    let now = Utc::now();
+    // (replay it, too old to replay) per message.
+    let (chosen, stale): (Vec<bool>, Vec<bool>) = {
         let mut n = 0;
         messages
             .iter()
             .map(|m| {
-                let ok = error_code.is_none_or(|c| c == code_of(m)) && n < limit;
-                n += usize::from(ok);
-                ok
+                let wanted = error_code.is_none_or(|c| c == code_of(m))
+                    && since.is_none_or(|t| failed_at(m).is_some_and(|f| f >= t))
+                    && n < limit;
+                let old = wanted && too_old(dest, m, now);
+                n += usize::from(wanted);
+                (wanted && !old, old)
             })
-            .collect()
+            .unzip()
     };
     let total = chosen.iter().filter(|c| **c).count();
+    let refused = stale.iter().filter(|c| **c).count();
     if dry_run {
         for (m, _) in messages.iter().zip(&chosen).filter(|(_, c)| **c) {
             println!("would replay {} ({})", message_id(m), code_of(m));
         }
+        for (m, _) in messages.iter().zip(&stale).filter(|(_, c)| **c) {
+            println!(
+                "would keep {} ({}): too old for {} now",
+                message_id(m),
+                code_of(m),
+                dest.as_str()
+            );
+        }
         println!(
-            "{total} of {} message(s) would be replayed to {work}",
-            messages.len()
+            "{total} of {} message(s) would be replayed to {work}; {refused} too old for {} would stay",
+            messages.len(),
+            dest.as_str()
         );
         let _ = channel.close(200, "dry run".into()).await;
         return Ok(ExitCode::SUCCESS);
@@ -228,12 +321,27 @@ pub(crate) async fn replay(
             kept += 1;
         }
         m.ack(BasicAckOptions::default()).await?;
-        if (replayed + kept) % 100 == 0 {
-            eprintln!("  {}/{} …", replayed + kept, messages.len());
+        let done = replayed + kept;
+        if done % 50 == 0 || done == messages.len() {
+            let width = 30;
+            let filled = width * done / messages.len().max(1);
+            eprint!(
+                "\r  [{}{}] {done}/{} ({replayed} replayed)",
+                "#".repeat(filled),
+                " ".repeat(width - filled),
+                messages.len()
+            );
         }
     }
+    eprintln!();
     stop.cancel();
     println!("replayed {replayed} message(s) to {work}; {kept} left in {dlq}");
+    if refused > 0 {
+        println!(
+            "{refused} of them too old for {} now (older than it accepts): left in {dlq}",
+            dest.as_str()
+        );
+    }
     let _ = channel.close(200, "done".into()).await;
     let _ = conn.close(200, "done".into()).await;
     Ok(ExitCode::SUCCESS)

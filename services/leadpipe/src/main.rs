@@ -75,6 +75,9 @@ enum DlqAction {
         /// At most this many messages.
         #[arg(long)]
         limit: Option<usize>,
+        /// Only messages dead-lettered since then: an RFC 3339 time or an age (90m, 6h, 2d).
+        #[arg(long)]
+        since: Option<String>,
         /// Show what would move, move nothing.
         #[arg(long)]
         dry_run: bool,
@@ -167,15 +170,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     destination,
                     error_code,
                     limit,
+                    since,
                     dry_run,
                 } => {
-                    dlq::replay(
-                        dlq::destination(&destination)?,
-                        error_code.as_deref(),
+                    let filter = dlq::ReplayFilter {
+                        error_code: error_code.as_deref(),
+                        since: since.as_deref().map(dlq::since).transpose()?,
                         limit,
-                        dry_run,
-                    )
-                    .await
+                    };
+                    dlq::replay(dlq::destination(&destination)?, filter, dry_run).await
                 }
             };
         }

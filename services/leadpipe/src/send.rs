@@ -22,9 +22,10 @@ pub(crate) struct SendArgs {
     /// The source id to sign as; its secret comes from the variable the sources file names.
     #[arg(long)]
     source: String,
-    /// Ingest's base URL.
-    #[arg(long, env = "INGEST_URL", default_value = "http://127.0.0.1:8080")]
-    url: String,
+    /// Ingest's base URL [default: from INGEST_ADDR, the address ingest listens on, else
+    /// http://127.0.0.1:8080].
+    #[arg(long, env = "INGEST_URL")]
+    url: Option<String>,
     /// Requests in flight at once.
     #[arg(long, default_value_t = 8)]
     concurrency: usize,
@@ -41,7 +42,25 @@ pub(crate) struct SendArgs {
     webhook: bool,
 }
 
+/// Where ingest listens, as a URL to post to: `INGEST_ADDR` with an unspecified host
+/// (`0.0.0.0`, `[::]`) read as this machine, else the SPEC default port on this machine.
+pub(crate) fn default_ingest_url(ingest_addr: Option<&str>) -> String {
+    match ingest_addr.map(str::trim).filter(|a| !a.is_empty()) {
+        Some(addr) => {
+            let addr = addr
+                .replacen("0.0.0.0:", "127.0.0.1:", 1)
+                .replacen("[::]:", "[::1]:", 1);
+            format!("http://{addr}")
+        }
+        None => "http://127.0.0.1:8080".to_owned(),
+    }
+}
+
 pub(crate) async fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
+    let base_url = args
+        .url
+        .clone()
+        .unwrap_or_else(|| default_ingest_url(std::env::var("INGEST_ADDR").ok().as_deref()));
     let sources_path = env::string_or("LEADPIPE_SOURCES", DEFAULT_SOURCES_PATH);
     let sources = sources::load(sources_path.as_ref(), |n| std::env::var(n).ok())?;
     let source = sources
@@ -82,13 +101,14 @@ pub(crate) async fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
     let endpoint = if args.webhook {
         format!(
             "{}/v1/sources/{}/webhook",
-            args.url.trim_end_matches('/'),
+            base_url.trim_end_matches('/'),
             source.id
         )
     } else {
-        format!("{}/v1/events", args.url.trim_end_matches('/'))
+        format!("{}/v1/events", base_url.trim_end_matches('/'))
     };
     let done = Arc::new(AtomicU64::new(0));
+    let posted = Arc::new(AtomicU64::new(0));
     let accepted = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let progress = {
@@ -98,7 +118,7 @@ pub(crate) async fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 let d = done.load(Ordering::Relaxed);
                 let rate = d as f64 / started.elapsed().as_secs_f64().max(0.001);
-                eprint!("\r  {d}/{total} sent ({rate:.0}/s)   ");
+                eprint!("\r  {d}/{total} tried ({rate:.0}/s)   ");
             }
         })
     };
@@ -107,7 +127,7 @@ pub(crate) async fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
     let failures: Vec<String> = futures::stream::iter(jobs)
         .map(|(n, line)| {
             let (client, endpoint, secret, source_id) = (&client, &endpoint, &secret, &source.id);
-            let (done, accepted) = (done.clone(), accepted.clone());
+            let (done, posted, accepted) = (done.clone(), posted.clone(), accepted.clone());
             async move {
                 let ts = chrono::Utc::now().timestamp();
                 let sig = leadpipe_ingest::auth::sign(secret, ts, line.as_bytes());
@@ -121,6 +141,9 @@ pub(crate) async fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
                     .send()
                     .await;
                 done.fetch_add(1, Ordering::Relaxed);
+                if result.is_ok() {
+                    posted.fetch_add(1, Ordering::Relaxed);
+                }
                 match result {
                     Ok(r) if r.status().as_u16() == 202 => {
                         accepted.fetch_add(1, Ordering::Relaxed);
@@ -131,7 +154,16 @@ pub(crate) async fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
                         let body = r.text().await.unwrap_or_default();
                         Some(format!("line {n}: {status} {body}"))
                     }
-                    Err(e) => Some(format!("line {n}: {e}")),
+                    Err(e) => Some(format!(
+                        "line {n}: not posted: {} {endpoint}",
+                        if e.is_connect() {
+                            "could not connect to"
+                        } else if e.is_timeout() {
+                            "timed out waiting for"
+                        } else {
+                            "request failed to"
+                        }
+                    )),
                 }
             }
         })
@@ -142,9 +174,10 @@ pub(crate) async fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
     progress.abort();
     let elapsed = started.elapsed().as_secs_f64();
     let ok = accepted.load(Ordering::Relaxed);
+    let answered = posted.load(Ordering::Relaxed);
     eprintln!(
-        "\r  {total}/{total} sent in {elapsed:.1}s ({:.0}/s): {ok} accepted, {} failed",
-        total as f64 / elapsed.max(0.001),
+        "\r  {answered}/{total} posted in {elapsed:.1}s ({:.0}/s): {ok} accepted, {} failed",
+        answered as f64 / elapsed.max(0.001),
         failures.len()
     );
     for f in failures.iter().take(10) {
@@ -158,4 +191,23 @@ pub(crate) async fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_url_follows_the_address_ingest_listens_on() {
+        assert_eq!(default_ingest_url(None), "http://127.0.0.1:8080");
+        assert_eq!(
+            default_ingest_url(Some("0.0.0.0:9090")),
+            "http://127.0.0.1:9090"
+        );
+        assert_eq!(
+            default_ingest_url(Some("127.0.0.1:8181")),
+            "http://127.0.0.1:8181"
+        );
+        assert_eq!(default_ingest_url(Some("[::]:8080")), "http://[::1]:8080");
+    }
 }
