@@ -9,11 +9,13 @@ run: export LEADPIPE_NAMESPACE ?= leadpipe
 run: export INGEST_ADDR ?= 127.0.0.1:8080
 run: export LOG_FORMAT ?= pretty
 
-.PHONY: run test services build release lint fmt bench clean-namespaces help
+.PHONY: run test e2e fuzz services build release lint fmt bench clean-namespaces help
 
 help:
 	@echo "make run    - build and run the pipeline against local RabbitMQ/Postgres"
 	@echo "make test   - formatting, lints, unit and integration tests"
+	@echo "make e2e    - the whole pipeline with 20,000 events (E2E_EVENTS to change)"
+	@echo "make fuzz   - property-based fuzzing of the parser and the webhook mapper"
 	@echo "make bench  - throughput/latency/RSS benchmarks with the broker's own ceiling"
 
 ## Start RabbitMQ and PostgreSQL if needed (installed-but-stopped, or docker compose).
@@ -39,10 +41,21 @@ fmt:
 
 ## Unit and integration tests against the real broker and database.
 test: services
+	@command -v promtool >/dev/null || { echo "promtool not found: apt-get install prometheus (make test checks deploy/prometheus/alerts.yml with it)"; exit 1; }
+	promtool check rules deploy/prometheus/alerts.yml
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace
+
+## The whole pipeline in one process with 20,000 events (make test runs it with 400).
+e2e: services
+	E2E_EVENTS=$${E2E_EVENTS:-20000} $(CARGO) test -p leadpipe-tests --test it pipeline:: -- --nocapture
+
+## Property-based fuzzing of the event parser/validator and the native-webhook mapper.
+fuzz:
+	PROPTEST_CASES=$${PROPTEST_CASES:-20000} $(CARGO) test -p leadpipe-events any_
+	PROPTEST_CASES=$${PROPTEST_CASES:-20000} $(CARGO) test -p leadpipe-ingest any_native
 
 ## Benchmarks (release build): see README "Benchmarks".
 bench: services

@@ -266,7 +266,10 @@ async fn run_sender(
             settings.runtime.amqp.namespace = names.namespace().to_owned();
             // One request per client id. CPU-bound: 64 under way per batch; destination-bound:
             // the whole batch at once (GA4_CONCURRENT_REQUESTS = BATCH_SIZE).
-            settings.concurrent_requests = 64;
+            settings.concurrent_requests = std::env::var("GA4_CONCURRENT_REQUESTS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(64);
             if let Some(c) = concurrency {
                 settings.runtime.concurrency = c;
                 settings.concurrent_requests = opts.batch_size;

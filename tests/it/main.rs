@@ -14,5 +14,6 @@ mod ingest_binary;
 mod meta_sender;
 mod meta_sender_binary;
 mod native_webhooks;
+mod pipeline;
 mod runtime;
 mod topology;

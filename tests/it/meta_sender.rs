@@ -498,3 +498,35 @@ async fn accents_foreign_postcodes_and_unicode_separated_phones_are_hashed_per_t
     sender.stop().await;
     p.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_copy_arriving_on_another_channel_while_the_first_is_in_flight_is_not_sent_again() {
+    // Arrange: one event per batch, two channels, a slow Meta: the second copy reaches the
+    // other channel of the same process while the first is still being sent.
+    let p = Pipeline::new().await;
+    p.meta.set_latency(Duration::from_millis(500));
+    let event = recent_lead("L-two-channels");
+    let id = p.publish(&event).await;
+    p.publish(&event).await;
+
+    // Act
+    let sender = p
+        .start_meta(SenderOptions {
+            batch_size: 1,
+            batch_max_wait: Duration::from_millis(10),
+            ..SenderOptions::default()
+        })
+        .await;
+    p.wait_status(&id, "sent", WAIT).await;
+    assert!(
+        eventually(WAIT, || async {
+            p.broker.depth(&p.names.work_queue(Destination::Meta)).await == 0
+        })
+        .await
+    );
+
+    // Assert
+    assert_eq!(p.meta.event_ids_seen(), vec![id.clone()], "sent twice");
+    sender.stop().await;
+    p.cleanup().await;
+}

@@ -190,4 +190,57 @@ occurred_at = "/created_at"
         );
         assert_eq!(event["occurred_at"], "2025-12-01T00:00:00Z");
     }
+
+    /// Arbitrary native payloads: nested objects and arrays of scalars under keys the map
+    /// reads and others.
+    fn native_json() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let key = prop::sample::select(vec![
+            "conversation",
+            "id",
+            "created_at",
+            "user",
+            "email",
+            "phone",
+            "score",
+            "type",
+            "x",
+        ])
+        .prop_map(str::to_owned);
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>()
+                .prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+            ".{0,24}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(4, 40, 6, move |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::btree_map(key.clone(), inner, 0..6)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(
+            std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(512)
+        ))]
+
+        /// Fuzzing the native-webhook mapper: any payload maps to an object without panicking,
+        /// with the source set from the id and every origin one of the map's pointers.
+        #[test]
+        fn any_native_payload_maps_without_panicking(native in native_json()) {
+            let mut m = field_map();
+            m.timestamp_format = Some("%d/%m/%Y %H:%M".into());
+            m.values.insert("contact.phone".into(), [("true".to_owned(), "x".to_owned())].into());
+            let (event, origins) = map(&m, "acme", &native);
+            proptest::prop_assert_eq!(&event["source"], "acme");
+            for pointer in origins.values() {
+                proptest::prop_assert!(m.fields.values().any(|p| p == pointer));
+            }
+        }
+    }
 }

@@ -80,7 +80,17 @@ impl Store {
         }
     }
 
-    /// The worker name written into leases.
+    /// The same store for one consumer channel of this process: each channel leases under
+    /// its own name, so a copy of an event another channel has in flight is "busy", never
+    /// claimed again by the process that already holds it.
+    pub fn for_worker(&self, index: usize) -> Self {
+        Self {
+            owner: format!("{}#{index}", self.owner),
+            ..self.clone()
+        }
+    }
+
+    /// This worker's name in leases.
     pub fn owner(&self) -> &str {
         &self.owner
     }

@@ -129,6 +129,7 @@ async fn consume<A: Adapter>(
         .basic_qos(s.prefetch, BasicQosOptions::default())
         .await?;
     let queue = shared.names.work_queue(shared.adapter.destination());
+    let store = shared.store.for_worker(index);
     let tag = format!("{}-{index}", shared.store.owner());
     let mut consumer = channel
         .basic_consume(
@@ -172,7 +173,7 @@ async fn consume<A: Adapter>(
         // A panicking adapter must not take the worker down with its deliveries unacked: the
         // session ends like any failure, the channel closes, the batch returns to the queue
         // (where the delivery limit eventually parks a message that panics every time).
-        match AssertUnwindSafe(process_batch(shared, batch))
+        match AssertUnwindSafe(process_batch(shared, &store, batch))
             .catch_unwind()
             .await
         {
@@ -262,6 +263,7 @@ fn describe_decode_error(e: &serde_json::Error) -> String {
 /// after giving every undecided delivery back to the queue.
 async fn process_batch<A: Adapter>(
     shared: &Arc<Shared<A>>,
+    store: &Store,
     batch: Vec<Delivery>,
 ) -> anyhow::Result<()> {
     let now = Utc::now();
@@ -333,7 +335,7 @@ async fn process_batch<A: Adapter>(
     let claim = if claims.is_empty() {
         Default::default()
     } else {
-        match shared.store.claim(&claims).await {
+        match store.claim(&claims).await {
             Ok(c) => c,
             Err(e) => {
                 requeue_all(shared, &slots).await;
@@ -545,7 +547,7 @@ async fn process_batch<A: Adapter>(
         slots[*i].action = Some(Action::Requeue);
     }
 
-    if let Err(e) = shared.store.record(&records).await {
+    if let Err(e) = store.record(&records).await {
         requeue_all(shared, &slots).await;
         shared.metrics.in_flight.sub(claim.claimed.len() as i64);
         return Err(anyhow::Error::new(e).context("recording outcomes failed"));
@@ -558,7 +560,7 @@ async fn process_batch<A: Adapter>(
         .filter(|(i, _)| !failed_publishes.contains(i))
         .map(|(_, r)| r)
         .collect();
-    if let Err(e) = shared.store.resolve(&resolutions).await {
+    if let Err(e) = store.resolve(&resolutions).await {
         requeue_all(shared, &slots).await;
         return Err(anyhow::Error::new(e).context("recording verdicts failed"));
     }

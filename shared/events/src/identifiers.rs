@@ -114,7 +114,11 @@ pub fn phone_text(raw: &str) -> String {
         s.push(mapped);
     }
     let mut text = s.trim();
-    if text.len() >= 4 && text[..4].eq_ignore_ascii_case("tel:") {
+    // `get`, not slicing: the first four bytes may end inside a multi-byte character.
+    if text
+        .get(..4)
+        .is_some_and(|p| p.eq_ignore_ascii_case("tel:"))
+    {
         text = text[4..].trim_start();
     }
     // RFC 3966 parameters (`;ext=`, `;isub=`, `;phone-context=`) follow the number.
@@ -456,6 +460,9 @@ pub(crate) mod tests {
         assert_eq!(normalize_phone("x44", Some("US")), None);
         assert_eq!(normalize_phone("tel:", Some("US")), None);
         assert_eq!(normalize_phone("\u{A0}\u{3000}", Some("US")), None);
+        // Found by fuzzing: a multi-byte character across the first four bytes.
+        assert_eq!(normalize_phone("Aשׁ", Some("US")), None);
+        assert_eq!(normalize_phone("telé", Some("US")), None);
     }
 
     #[test]

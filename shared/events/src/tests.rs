@@ -527,3 +527,99 @@ fn field_paths_are_checked_against_the_schema() {
         assert!(!crate::validate::is_field_path(bad), "{bad}");
     }
 }
+
+/// Arbitrary JSON, biased towards the canonical event's own keys so the fuzzing reaches the
+/// rules, not only the "unknown field" check.
+fn arbitrary_json() -> impl Strategy<Value = Value> {
+    let key = prop::sample::select(vec![
+        "source",
+        "event_name",
+        "occurred_at",
+        "lead_id",
+        "order_id",
+        "value",
+        "currency",
+        "refund",
+        "kind",
+        "remaining_value",
+        "contact",
+        "email",
+        "phone",
+        "country",
+        "first_name",
+        "date_of_birth",
+        "gender",
+        "attribution",
+        "gclid",
+        "consent",
+        "ad_user_data",
+        "context",
+        "transcript",
+        "qualification",
+        "custom",
+        "external_ids",
+        "client",
+        "ip_address",
+        "x",
+    ])
+    .prop_map(str::to_owned);
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        any::<f64>()
+            .prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+        any::<i64>().prop_map(Value::from),
+        ".{0,40}".prop_map(Value::from),
+        prop::sample::select(vec![
+            "lead",
+            "won",
+            "refund",
+            "granted",
+            "partial",
+            "US",
+            "2026-11-21T10:00:00Z",
+            "+1 650 555 1234",
+            "a@b.co"
+        ])
+        .prop_map(Value::from),
+    ];
+    leaf.prop_recursive(4, 48, 8, move |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+            prop::collection::btree_map(key.clone(), inner, 0..8)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(
+        std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(512)
+    ))]
+
+    /// Fuzzing the parser and validator: any JSON gets an answer (valid, or field errors each
+    /// naming a field), never a panic; an accepted event validates again to itself.
+    #[test]
+    fn any_json_is_answered_without_panicking(body in arbitrary_json()) {
+        match check(body) {
+            Ok(valid) => {
+                let again = check(serde_json::to_value(&valid.event).unwrap()).unwrap();
+                prop_assert_eq!(again.event_id, valid.event_id);
+            }
+            Err(errors) => prop_assert!(!errors.is_empty()),
+        }
+    }
+
+    /// And any bytes at all, through the fast path ingest uses.
+    #[test]
+    fn any_bytes_are_answered_without_panicking(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+        let custom = custom();
+        let ctx = ValidationContext {
+            source_id: "site-widget",
+            default_region: Some("US"),
+            custom_events: &custom,
+            now: now(),
+        };
+        let _ = crate::validate_body(&bytes, &ctx);
+    }
+}
