@@ -261,6 +261,7 @@ async fn run_sender(
         Destination::Ga4 => {
             let fake = FakeGa4::start(leadpipe_tests::GA4_SECRET).await;
             fake.set_latency(latency);
+            fake.set_lean();
             let mut settings = p.ga4_settings(opts);
             settings.base_url = fake.base_url.clone();
             settings.runtime.amqp.namespace = names.namespace().to_owned();
@@ -315,6 +316,7 @@ async fn run_sender(
                 settings.runtime.concurrency = c;
             }
             fake.set_latency(latency);
+            fake.set_lean();
             for _ in 0..replicas {
                 let adapter = leadpipe_crm_writer::CrmAdapter::new(settings.clone());
                 let sender = Sender::build(settings.runtime.clone(), adapter, stop.clone())

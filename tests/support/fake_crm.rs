@@ -59,6 +59,8 @@ struct Inner {
     latency: std::time::Duration,
     /// Verified webhook writes kept (a cheap count for benchmarks).
     written: usize,
+    /// Keep counts only, not every delivery (benchmarks).
+    lean: bool,
 }
 
 /// The fakes' handle (both served on one port).
@@ -111,12 +113,14 @@ async fn webhook(
         *g.seen.entry(id.clone()).or_default() += 1;
         g.written += 1;
     }
-    g.deliveries.push(Delivery {
-        id,
-        body: serde_json::from_slice(&body).unwrap_or(Value::Null),
-        verified: verified.is_some(),
-        status,
-    });
+    if !g.lean {
+        g.deliveries.push(Delivery {
+            id,
+            body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+            verified: verified.is_some(),
+            status,
+        });
+    }
     StatusCode::from_u16(status).unwrap().into_response()
 }
 
@@ -270,6 +274,11 @@ impl FakeCrm {
     /// Answer the next HubSpot batches with these statuses (429 carries HubSpot's headers).
     pub fn script_hubspot(&self, statuses: impl IntoIterator<Item = u16>) {
         self.inner.lock().unwrap().hubspot_script.extend(statuses);
+    }
+
+    /// Verify and count only; keep no delivery (for benchmarks).
+    pub fn set_lean(&self) {
+        self.inner.lock().unwrap().lean = true;
     }
 
     /// Delay every webhook answer.
