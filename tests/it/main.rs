@@ -3,6 +3,7 @@
 
 mod cli;
 mod crm_writer;
+mod crm_writer_binary;
 mod database;
 mod deploy;
 mod ga4_sender;

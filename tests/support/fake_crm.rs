@@ -93,6 +93,10 @@ async fn webhook(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
+    let latency = inner.lock().unwrap().latency;
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
     let mut g = inner.lock().unwrap();
     let verified = verify(&headers, &body);
     let id = headers
