@@ -3,13 +3,12 @@
 //! the lifecycle stage (`[events.<name>.crm]`).
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use secrecy::SecretString;
 
 use leadpipe_bus::Destination;
-use leadpipe_config::mapping::{DEFAULT_MAPPING_PATH, MappingConfig};
+use leadpipe_config::mapping::MappingConfig;
 use leadpipe_config::{ConfigError, env};
 use leadpipe_consumer::RuntimeSettings;
 
@@ -234,11 +233,7 @@ pub fn crm_mappings(cfg: &MappingConfig) -> Result<HashMap<String, CrmMapping>, 
 impl Settings {
     /// Reads the environment and the mapping config.
     pub fn from_env() -> Result<Self, ConfigError> {
-        let mapping_var = env::optional("LEADPIPE_CONFIG");
-        let mapping = MappingConfig::load(
-            &PathBuf::from(mapping_var.as_deref().unwrap_or(DEFAULT_MAPPING_PATH)),
-            mapping_var.is_some(),
-        )?;
+        let mapping = MappingConfig::from_env()?;
         let (fields, id_property) = crm_fields(&mapping)?;
         let kind = match env::string_or("CRM_KIND", "webhook").as_str() {
             "webhook" => CrmKind::Webhook {

@@ -2,14 +2,13 @@
 //! GA4's naming rules when it loads (`contracts/ga4-mp.md` §4): a bad name stops start-up.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
 use std::time::Duration;
 
 use secrecy::SecretString;
 
 use leadpipe_bus::Destination;
 pub use leadpipe_config::consent::ConsentPolicy;
-use leadpipe_config::mapping::{DEFAULT_MAPPING_PATH, MappingConfig};
+use leadpipe_config::mapping::MappingConfig;
 use leadpipe_config::{ConfigError, env};
 use leadpipe_consumer::RuntimeSettings;
 
@@ -249,11 +248,7 @@ fn check_path(path: &str) -> Result<(), String> {
 impl Settings {
     /// Reads the environment and the mapping config.
     pub fn from_env() -> Result<Self, ConfigError> {
-        let mapping_var = env::optional("LEADPIPE_CONFIG");
-        let mapping = MappingConfig::load(
-            &PathBuf::from(mapping_var.as_deref().unwrap_or(DEFAULT_MAPPING_PATH)),
-            mapping_var.is_some(),
-        )?;
+        let mapping = MappingConfig::from_env()?;
         let measurement_id = env::optional("GA4_MEASUREMENT_ID");
         if let Some(id) = &measurement_id
             && !(id.starts_with("G-")

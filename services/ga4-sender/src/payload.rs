@@ -68,10 +68,7 @@ pub fn build(
     }
     let mapping = mapping.ok_or(Skip::Unmapped)?;
     let occurred = ev
-        .occurred_at
-        .as_deref()
-        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-        .map(|t| t.with_timezone(&Utc))
+        .occurred_at_utc()
         .ok_or_else(|| Skip::Invalid("occurred_at is not a timestamp".into()))?;
     if now - occurred > MAX_AGE {
         return Err(Skip::Expired);

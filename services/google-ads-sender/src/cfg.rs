@@ -1,14 +1,13 @@
 //! google-ads-sender settings (SPEC §5) and the `google_ads` part of the mapping config.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use secrecy::SecretString;
 
 use leadpipe_bus::Destination;
 pub use leadpipe_config::consent::ConsentPolicy;
-use leadpipe_config::mapping::{DEFAULT_MAPPING_PATH, MappingConfig};
+use leadpipe_config::mapping::MappingConfig;
 use leadpipe_config::{ConfigError, env};
 use leadpipe_consumer::RuntimeSettings;
 
@@ -193,11 +192,7 @@ pub fn google_ads_mappings(
 impl Settings {
     /// Reads the environment and the mapping config.
     pub fn from_env() -> Result<Self, ConfigError> {
-        let mapping_var = env::optional("LEADPIPE_CONFIG");
-        let mapping = MappingConfig::load(
-            &PathBuf::from(mapping_var.as_deref().unwrap_or(DEFAULT_MAPPING_PATH)),
-            mapping_var.is_some(),
-        )?;
+        let mapping = MappingConfig::from_env()?;
         let default_action = env::optional("GOOGLE_ADS_CONVERSION_ACTION_ID");
         let mappings = google_ads_mappings(&mapping, default_action.as_deref())?;
         let customer_id = env::optional("GOOGLE_ADS_CUSTOMER_ID")

@@ -97,10 +97,7 @@ pub fn build(
         .clone()
         .unwrap_or_else(|| "0".to_owned());
     let occurred = ev
-        .occurred_at
-        .as_deref()
-        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-        .map(|t| t.with_timezone(&Utc))
+        .occurred_at_utc()
         .ok_or_else(|| Skip::Invalid("invalid_event", "occurred_at is not a timestamp".into()))?;
     let occurred = occurred.min(cx.now);
     let refund = ev

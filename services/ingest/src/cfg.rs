@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use leadpipe_config::mapping::{DEFAULT_MAPPING_PATH, MappingConfig};
+use leadpipe_config::mapping::MappingConfig;
 use leadpipe_config::sources::{self, DEFAULT_SOURCES_PATH, Source};
 use leadpipe_config::{AmqpSettings, ConfigError, env};
 
@@ -48,11 +48,7 @@ impl Settings {
         )?;
         let sources_path = PathBuf::from(env::string_or("LEADPIPE_SOURCES", DEFAULT_SOURCES_PATH));
         let sources = sources::load(&sources_path, |name| std::env::var(name).ok())?;
-        let mapping_var = env::optional("LEADPIPE_CONFIG");
-        let mapping = MappingConfig::load(
-            &PathBuf::from(mapping_var.as_deref().unwrap_or(DEFAULT_MAPPING_PATH)),
-            mapping_var.is_some(),
-        )?;
+        let mapping = MappingConfig::from_env()?;
         let max_body_bytes = env::parse_or(
             "INGEST_MAX_BODY_BYTES",
             DEFAULT_MAX_BODY_BYTES,

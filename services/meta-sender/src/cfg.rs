@@ -1,14 +1,13 @@
 //! meta-sender settings (SPEC §5) and its part of the mapping config.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use secrecy::SecretString;
 
 use leadpipe_bus::Destination;
 pub use leadpipe_config::consent::ConsentPolicy;
-use leadpipe_config::mapping::{DEFAULT_MAPPING_PATH, MappingConfig};
+use leadpipe_config::mapping::MappingConfig;
 use leadpipe_config::{ConfigError, env};
 use leadpipe_consumer::RuntimeSettings;
 
@@ -126,11 +125,7 @@ pub fn meta_mappings(cfg: &MappingConfig) -> Result<HashMap<String, MetaMapping>
 impl Settings {
     /// Reads the environment and the mapping config.
     pub fn from_env() -> Result<Self, ConfigError> {
-        let mapping_var = env::optional("LEADPIPE_CONFIG");
-        let mapping = MappingConfig::load(
-            &PathBuf::from(mapping_var.as_deref().unwrap_or(DEFAULT_MAPPING_PATH)),
-            mapping_var.is_some(),
-        )?;
+        let mapping = MappingConfig::from_env()?;
         let pixel_id = env::optional("META_PIXEL_ID");
         let access_token = env::optional("META_ACCESS_TOKEN").map(SecretString::from);
         let dry_run = env::flag("DRY_RUN", false)? || pixel_id.is_none() || access_token.is_none();

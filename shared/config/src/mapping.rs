@@ -76,6 +76,14 @@ impl MappingConfig {
         })
     }
 
+    /// Loads `LEADPIPE_CONFIG` (the shipped defaults when it is unset and
+    /// `config/leadpipe.toml` is absent).
+    pub fn from_env() -> Result<Self> {
+        let named = crate::env::optional("LEADPIPE_CONFIG");
+        let path = named.as_deref().unwrap_or(DEFAULT_MAPPING_PATH);
+        Self::load(Path::new(path), named.is_some())
+    }
+
     /// Parses and checks the text of a mapping config.
     pub fn parse(text: &str) -> Result<Self> {
         let cfg: Self = toml::from_str(text).map_err(|e| ConfigError::File {

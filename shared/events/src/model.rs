@@ -339,6 +339,14 @@ impl LeadEvent {
         self.source.as_deref().unwrap_or_default()
     }
 
+    /// `occurred_at` as a UTC time (`None` before validation or when unparseable).
+    pub fn occurred_at_utc(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        self.occurred_at
+            .as_deref()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.with_timezone(&chrono::Utc))
+    }
+
     /// The consent signal for sending user data to ad platforms (`unknown` when absent).
     pub fn ad_user_data_consent(&self) -> ConsentState {
         self.consent
