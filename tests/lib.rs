@@ -849,6 +849,8 @@ impl Pipeline {
         runtime.lease = opts.lease;
         runtime.max_attempts = opts.max_attempts;
         runtime.retry_base = Duration::from_millis(200);
+        // Backoff stays short in tests: a storm's unlucky event must not wait minutes.
+        runtime.retry_max = Duration::from_secs(3);
         runtime.pause_probe_max = Duration::from_millis(300);
         runtime
     }

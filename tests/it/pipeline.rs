@@ -107,6 +107,16 @@ async fn a_mixed_stream_reaches_every_destination_exactly_once_or_its_dlq_with_a
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(400);
+    run_stream(n, false).await;
+}
+
+#[tokio::test]
+async fn a_destination_storm_of_one_failed_request_in_two_loses_and_doubles_nothing() {
+    // Every second request to every destination answers 503; the same checks must hold.
+    run_stream(200, true).await;
+}
+
+async fn run_stream(n: usize, storm: bool) {
     let wait = Duration::from_secs(60 + n as u64 / 50);
     // Arrange: ingest and four senders on one namespace.
     let p = Pipeline::new().await;
@@ -115,11 +125,26 @@ async fn a_mixed_stream_reaches_every_destination_exactly_once_or_its_dlq_with_a
         ..IngestOptions::default()
     })
     .await;
+    let opts = if storm {
+        p.meta.set_storm(2);
+        p.ga4.set_storm(2);
+        p.google.set_storm(2);
+        p.crm.set_storm(2);
+        // Under a storm an event may fail many times in a row: retries must outlast it, and
+        // one failing batch after another is the storm, not a reason to pause.
+        SenderOptions {
+            max_attempts: 40,
+            pause_after_failed_batches: 1000,
+            ..SenderOptions::default()
+        }
+    } else {
+        SenderOptions::default()
+    };
     let senders = vec![
-        p.start_meta(SenderOptions::default()).await,
-        p.start_ga4(SenderOptions::default()).await,
-        p.start_google(SenderOptions::default()).await,
-        p.start_crm(SenderOptions::default()).await,
+        p.start_meta(opts.clone()).await,
+        p.start_ga4(opts.clone()).await,
+        p.start_google(opts.clone()).await,
+        p.start_crm(opts.clone()).await,
     ];
     let now = chrono::Utc::now();
     let mut stream: Vec<(Value, Kind)> = (0..n).map(|i| event(i, now)).collect();
@@ -357,7 +382,8 @@ async fn a_mixed_stream_reaches_every_destination_exactly_once_or_its_dlq_with_a
         );
     }
     eprintln!(
-        "e2e: {posted} posted, {} accepted, {rejected} refused, {} delivery rows",
+        "e2e{}: {posted} posted, {} accepted, {rejected} refused, {} delivery rows",
+        if storm { " (storm)" } else { "" },
         kinds.len(),
         want
     );

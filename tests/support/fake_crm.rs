@@ -61,6 +61,8 @@ struct Inner {
     written: usize,
     /// Keep counts only, not every delivery (benchmarks).
     lean: bool,
+    storm_every: u32,
+    storm_count: u32,
 }
 
 /// The fakes' handle (both served on one port).
@@ -106,7 +108,13 @@ async fn webhook(
         .to_owned();
     let status = if verified.is_none() {
         401
-    } else if let Some(s) = g.script.pop_front() {
+    } else if let Some(s) = g.script.pop_front().or_else(|| {
+        if g.storm_every == 0 {
+            return None;
+        }
+        g.storm_count += 1;
+        g.storm_count.is_multiple_of(g.storm_every).then_some(503)
+    }) {
         s
     } else if g.seen.contains_key(&id) {
         409
@@ -278,6 +286,11 @@ impl FakeCrm {
     /// Answer the next HubSpot batches with these statuses (429 carries HubSpot's headers).
     pub fn script_hubspot(&self, statuses: impl IntoIterator<Item = u16>) {
         self.inner.lock().unwrap().hubspot_script.extend(statuses);
+    }
+
+    /// Every `n`-th request fails with 503 (a destination storm; 0: none).
+    pub fn set_storm(&self, every: u32) {
+        self.inner.lock().unwrap().storm_every = every;
     }
 
     /// Verify and count only; keep no delivery (for benchmarks).

@@ -61,6 +61,8 @@ struct Inner {
     /// Keep counts only, not every request (benchmarks: 30,000 stored bodies cost the shared
     /// CPU more than the sender under test).
     lean: bool,
+    storm_every: u32,
+    storm_count: u32,
 }
 
 /// The fake's handle.
@@ -269,7 +271,15 @@ async fn handle(
     let messages = validate(&q, &body, raw.len());
     let mut g = inner.lock().unwrap();
     let scripted = if path == "/mp/collect" {
-        g.script.pop_front()
+        g.script.pop_front().or_else(|| {
+            if g.storm_every == 0 {
+                return None;
+            }
+            g.storm_count += 1;
+            g.storm_count
+                .is_multiple_of(g.storm_every)
+                .then_some((503, None))
+        })
     } else {
         None
     };
@@ -350,6 +360,11 @@ impl FakeGa4 {
         });
         tokio::spawn(async move { axum::serve(listener, app).await });
         Self { base_url, inner }
+    }
+
+    /// Every `n`-th request fails with 503 (a destination storm; 0: none).
+    pub fn set_storm(&self, every: u32) {
+        self.inner.lock().unwrap().storm_every = every;
     }
 
     /// Validate and count only; keep no request (for benchmarks).

@@ -70,6 +70,8 @@ struct Inner {
     polls: Vec<(String, Instant)>,
     uploads: Vec<Upload>,
     latency: Duration,
+    storm_every: u32,
+    storm_count: u32,
 }
 
 /// The fake's handle.
@@ -271,7 +273,15 @@ async fn ingest(
     if !authorized(&g, &headers) {
         return google_error(401, "UNAUTHENTICATED", vec![]);
     }
-    if let Some((status, retry_after)) = g.script.pop_front() {
+    let storm = g.storm_every > 0 && {
+        g.storm_count += 1;
+        g.storm_count.is_multiple_of(g.storm_every)
+    };
+    if let Some((status, retry_after)) = g
+        .script
+        .pop_front()
+        .or_else(|| storm.then_some((503, None)))
+    {
         g.ingests.push(Ingest {
             at: Instant::now(),
             body,
@@ -607,6 +617,11 @@ impl FakeGoogle {
     /// Report `PROCESSING` for the first `n` status requests of every request.
     pub fn set_pending_polls(&self, n: usize) {
         self.inner.lock().unwrap().pending_polls = n;
+    }
+
+    /// Every `n`-th request fails with 503 (a destination storm; 0: none).
+    pub fn set_storm(&self, every: u32) {
+        self.inner.lock().unwrap().storm_every = every;
     }
 
     /// Delay every `events:ingest` answer.

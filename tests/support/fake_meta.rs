@@ -50,6 +50,8 @@ struct Inner {
     events: HashMap<String, Value>,
     /// `GET /{version}/{pixel}` reads: (fields asked, status answered).
     reads: Vec<(String, u16)>,
+    storm_every: u32,
+    storm_count: u32,
 }
 
 /// The fake's handle.
@@ -155,6 +157,12 @@ async fn events(
         }
         if q.get("access_token") != Some(&g.token) {
             return (400, graph_error(190, "Invalid OAuth access token."), None);
+        }
+        if g.storm_every > 0 {
+            g.storm_count += 1;
+            if g.storm_count.is_multiple_of(g.storm_every) {
+                return (503, Value::Null, None);
+            }
         }
         if let Some(s) = g.script.pop_front() {
             return match s {
@@ -262,6 +270,11 @@ impl FakeMeta {
     /// Accept only `token` from now on.
     pub fn set_token(&self, token: &str) {
         self.inner.lock().unwrap().token = token.to_owned();
+    }
+
+    /// Every `n`-th request fails with 503 (a destination storm; 0: none).
+    pub fn set_storm(&self, every: u32) {
+        self.inner.lock().unwrap().storm_every = every;
     }
 
     /// Answer the next requests as scripted, in order.
