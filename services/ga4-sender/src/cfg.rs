@@ -257,7 +257,7 @@ impl Settings {
         {
             return Err(ConfigError::invalid(
                 "GA4_MEASUREMENT_ID",
-                "must be the web stream's measurement id, G-XXXXXXXXXX (not the stream id)",
+                "must be the web stream's measurement id: G- and letters and digits (not the stream id)",
             ));
         }
         let api_secret = env::optional("GA4_API_SECRET").map(SecretString::from);

@@ -197,19 +197,7 @@ impl Adapter for Ga4Adapter {
             .buffer_unordered(self.settings.concurrent_requests)
             .collect()
             .await;
-        let mut outcomes: Vec<Option<Outcome>> = vec![None; n];
-        for (i, outcome) in answers.into_iter().flatten() {
-            outcomes[i] = Some(outcome);
-        }
-        outcomes
-            .into_iter()
-            .map(|o| {
-                o.unwrap_or_else(|| Outcome::Retry {
-                    failure: Failure::new("internal", "no outcome was recorded for the event"),
-                    retry_after: None,
-                })
-            })
-            .collect()
+        leadpipe_consumer::outcome::in_batch_order(n, answers.into_iter().flatten())
     }
 
     async fn probe(&self) -> bool {

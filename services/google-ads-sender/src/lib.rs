@@ -155,7 +155,7 @@ impl Adapter for GoogleAdsAdapter {
                 None => groups.push((key, vec![(i, &item.prepared)])),
             }
         }
-        let mut outcomes: Vec<Option<Outcome>> = vec![None; n];
+        let mut reported: Vec<(usize, Outcome)> = Vec::with_capacity(n);
         for ((family, action_id), members) in groups {
             let results: Vec<(usize, Outcome)> = match family {
                 0 => {
@@ -186,19 +186,9 @@ impl Adapter for GoogleAdsAdapter {
                     members.iter().map(|(i, _)| *i).zip(answers).collect()
                 }
             };
-            for (i, outcome) in results {
-                outcomes[i] = Some(outcome);
-            }
+            reported.extend(results);
         }
-        outcomes
-            .into_iter()
-            .map(|o| {
-                o.unwrap_or_else(|| Outcome::Retry {
-                    failure: Failure::new("internal", "no outcome was recorded for the event"),
-                    retry_after: None,
-                })
-            })
-            .collect()
+        leadpipe_consumer::outcome::in_batch_order(n, reported)
     }
 
     async fn probe(&self) -> bool {

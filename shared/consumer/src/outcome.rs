@@ -87,6 +87,30 @@ impl Outcome {
     }
 }
 
+/// Puts outcomes reported by batch position (`(index, outcome)`, from requests an adapter
+/// split the batch into) back in batch order; an event no request reported on is retried,
+/// never dropped.
+pub fn in_batch_order(
+    n: usize,
+    reported: impl IntoIterator<Item = (usize, Outcome)>,
+) -> Vec<Outcome> {
+    let mut outcomes: Vec<Option<Outcome>> = vec![None; n];
+    for (i, outcome) in reported {
+        if let Some(slot) = outcomes.get_mut(i) {
+            *slot = Some(outcome);
+        }
+    }
+    outcomes
+        .into_iter()
+        .map(|o| {
+            o.unwrap_or_else(|| Outcome::Retry {
+                failure: Failure::new("internal", "no outcome was recorded for the event"),
+                retry_after: None,
+            })
+        })
+        .collect()
+}
+
 /// What an adapter says of one event before any request: send it (as `T`), or it is decided.
 #[derive(Debug)]
 pub enum Prepared<T> {
