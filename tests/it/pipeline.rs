@@ -393,3 +393,67 @@ async fn run_stream(n: usize, storm: bool) {
     ingest.stop().await;
     p.cleanup().await;
 }
+
+#[tokio::test]
+async fn the_ingest_requests_trace_reaches_each_destination_call() {
+    // Arrange: ingest and three senders; a lead posted with its caller's traceparent.
+    let p = Pipeline::new().await;
+    let ingest = spawn_ingest(IngestOptions {
+        namespace: Some(p.names.namespace().to_owned()),
+        ..IngestOptions::default()
+    })
+    .await;
+    let senders = vec![
+        p.start_meta(SenderOptions::default()).await,
+        p.start_ga4(SenderOptions::default()).await,
+        p.start_crm(SenderOptions::default()).await,
+    ];
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let caller = format!("00-{trace_id}-00f067aa0ba902b7-01");
+    let body = serde_json::to_vec(&leadpipe_tests::recent_lead("L-trace")).unwrap();
+    let ts = chrono::Utc::now().timestamp();
+
+    // Act
+    let response = ingest
+        .http
+        .post(format!("{}/v1/events", ingest.base))
+        .header("content-type", "application/json")
+        .header("x-leadpipe-source", leadpipe_tests::TEST_SOURCE)
+        .header("x-leadpipe-timestamp", ts.to_string())
+        .header(
+            "x-leadpipe-signature",
+            leadpipe_tests::sign(leadpipe_tests::TEST_SECRET, ts, &body),
+        )
+        .header("traceparent", &caller)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let id = response.json::<Value>().await.unwrap()["event_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for d in [Destination::Meta, Destination::Ga4, Destination::Crm] {
+        p.wait_status_in(d, &id, "sent", Duration::from_secs(30))
+            .await;
+    }
+
+    // Assert: every destination call carries the same trace, under a span id of its own.
+    let seen = [
+        p.meta.requests()[0].traceparent.clone(),
+        p.ga4.requests()[0].traceparent.clone(),
+        p.crm.deliveries()[0].traceparent.clone(),
+    ];
+    for tp in seen {
+        let tp = tp.expect("a destination call without traceparent");
+        let parsed = leadpipe_telemetry::traceparent::TraceParent::parse(&tp).unwrap();
+        assert_eq!(parsed.trace_id, trace_id, "{tp}");
+        assert_ne!(tp, caller, "no span of its own");
+    }
+    for s in senders {
+        s.stop().await;
+    }
+    ingest.stop().await;
+    p.cleanup().await;
+}

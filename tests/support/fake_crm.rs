@@ -33,6 +33,8 @@ pub struct Delivery {
     pub verified: bool,
     /// The status answered.
     pub status: u16,
+    /// Its `traceparent` header.
+    pub traceparent: Option<String>,
 }
 
 /// One HubSpot batch request.
@@ -131,6 +133,10 @@ async fn webhook(
             body: serde_json::from_slice(&body).unwrap_or(Value::Null),
             verified: verified.is_some(),
             status,
+            traceparent: headers
+                .get("traceparent")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
         });
     }
     StatusCode::from_u16(status).unwrap().into_response()

@@ -48,6 +48,8 @@ pub struct Received {
     pub status: u16,
     /// What GA4 would say of it (empty: it would be kept).
     pub messages: Vec<Value>,
+    /// Its `traceparent` header.
+    pub traceparent: Option<String>,
 }
 
 #[derive(Default)]
@@ -261,8 +263,13 @@ async fn handle(
     inner: Arc<Mutex<Inner>>,
     path: &'static str,
     q: HashMap<String, String>,
+    headers: HeaderMap,
     raw: String,
 ) -> Response {
+    let traceparent = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let latency = inner.lock().unwrap().latency;
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
@@ -304,6 +311,7 @@ async fn handle(
             body,
             status,
             messages: messages.clone(),
+            traceparent,
         });
     }
     drop(g);
@@ -338,14 +346,14 @@ impl FakeGa4 {
         }));
         let collect = {
             let inner = inner.clone();
-            move |Query(q): Query<HashMap<String, String>>, raw: String| {
-                handle(inner.clone(), "/mp/collect", q, raw)
+            move |Query(q): Query<HashMap<String, String>>, headers: HeaderMap, raw: String| {
+                handle(inner.clone(), "/mp/collect", q, headers, raw)
             }
         };
         let debug = {
             let inner = inner.clone();
-            move |Query(q): Query<HashMap<String, String>>, raw: String| {
-                handle(inner.clone(), "/debug/mp/collect", q, raw)
+            move |Query(q): Query<HashMap<String, String>>, headers: HeaderMap, raw: String| {
+                handle(inner.clone(), "/debug/mp/collect", q, headers, raw)
             }
         };
         let app = axum::Router::new()

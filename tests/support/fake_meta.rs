@@ -34,6 +34,8 @@ pub struct Received {
     pub body: Value,
     /// The status answered.
     pub status: u16,
+    /// Its `traceparent` header.
+    pub traceparent: Option<String>,
 }
 
 #[derive(Default)]
@@ -143,8 +145,13 @@ async fn events(
     State(inner): State<Arc<Mutex<Inner>>>,
     Path((version, _pixel)): Path<(String, String)>,
     Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
     Json(body): Json<Value>,
 ) -> Response {
+    let traceparent = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let latency = inner.lock().unwrap().latency;
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
@@ -212,6 +219,7 @@ async fn events(
         at: Instant::now(),
         body,
         status,
+        traceparent,
     });
     drop(g);
     let mut headers = HeaderMap::new();

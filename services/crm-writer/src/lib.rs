@@ -153,7 +153,7 @@ impl Adapter for CrmAdapter {
                     .iter()
                     .map(|i| {
                         let body = payload::webhook_body(&i.event_id, &i.prepared).to_string();
-                        client.post(&i.event_id, body.into_bytes())
+                        client.post(&i.event_id, body.into_bytes(), i.traceparent.as_deref())
                     })
                     .collect();
                 futures::stream::iter(posts)

@@ -69,13 +69,15 @@ impl WebhookClient {
     }
 
     /// Posts `body` for `event_id`: 2xx and 409 ("already exists") are delivered.
-    pub async fn post(&self, event_id: &str, body: Vec<u8>) -> Outcome {
+    pub async fn post(&self, event_id: &str, body: Vec<u8>, traceparent: Option<&str>) -> Outcome {
         let id = message_id(event_id);
         let ts = chrono::Utc::now().timestamp();
         let signature = sign(&self.key, &id, ts, &body);
-        let response = self
-            .http
-            .post(&self.url)
+        let mut request = self.http.post(&self.url);
+        if let Some(t) = traceparent {
+            request = request.header("traceparent", t);
+        }
+        let response = request
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .header("webhook-id", &id)
             .header("webhook-timestamp", ts.to_string())

@@ -89,11 +89,15 @@ impl Ga4Client {
 
     /// Posts `body` (JSON) to `/mp/collect`: the HTTP status on 2xx, else what to do with its
     /// events.
-    pub async fn collect(&self, body: String) -> Result<u16, Outcome> {
-        let response = self
+    pub async fn collect(&self, body: String, traceparent: Option<&str>) -> Result<u16, Outcome> {
+        let mut request = self
             .http
             .post(self.collect_url.clone())
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header(reqwest::header::CONTENT_TYPE, "application/json");
+        if let Some(t) = traceparent {
+            request = request.header("traceparent", t);
+        }
+        let response = request
             .body(body)
             .send()
             .await

@@ -41,6 +41,8 @@ pub struct Ga4Adapter {
 /// Events of one head bound for one request: (position in the batch, event).
 struct Request<'a> {
     events: Vec<(usize, &'a Ga4Event)>,
+    /// The first event's `traceparent`.
+    traceparent: Option<&'a str>,
 }
 
 /// The request body for some events of one request.
@@ -76,6 +78,7 @@ impl Ga4Adapter {
                     open.insert(&e.key, (out.len(), e.key.len() + size + 16));
                     out.push(Request {
                         events: vec![(i, e)],
+                        traceparent: item.traceparent.as_deref(),
                     });
                 }
             }
@@ -119,7 +122,11 @@ impl Ga4Adapter {
                 return out;
             }
         }
-        let outcome = match self.client.collect(body_of(&valid)).await {
+        let outcome = match self
+            .client
+            .collect(body_of(&valid), request.traceparent)
+            .await
+        {
             Ok(status) => Outcome::Sent {
                 reference: None,
                 http_status: Some(status),

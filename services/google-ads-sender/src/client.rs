@@ -147,14 +147,24 @@ impl GoogleClient {
     }
 
     /// Posts `events` (one conversion action) to `events:ingest`.
-    pub async fn ingest(&self, action_id: &str, events: &[&Value]) -> IngestResult {
+    pub async fn ingest(
+        &self,
+        action_id: &str,
+        events: &[&Value],
+        traceparent: Option<&str>,
+    ) -> IngestResult {
         let body = self.ingest_body(action_id, events);
         let response = match self
             .send(|token| {
-                self.http
+                let r = self
+                    .http
                     .post(&self.ingest_url)
                     .bearer_auth(token)
-                    .json(&body)
+                    .json(&body);
+                match traceparent {
+                    Some(t) => r.header("traceparent", t),
+                    None => r,
+                }
             })
             .await
         {
@@ -232,7 +242,12 @@ impl GoogleClient {
     }
 
     /// A Google Ads API upload; one outcome per row, mapped from partial failures by index.
-    pub async fn upload(&self, kind: Upload, rows: &[&Value]) -> Vec<Outcome> {
+    pub async fn upload(
+        &self,
+        kind: Upload,
+        rows: &[&Value],
+        traceparent: Option<&str>,
+    ) -> Vec<Outcome> {
         let body = Self::upload_body(kind, rows);
         let url = format!(
             "{}/customers/{}:{}",
@@ -248,6 +263,9 @@ impl GoogleClient {
                 }
                 if let Some(login) = &self.login_customer_id {
                     r = r.header("login-customer-id", login);
+                }
+                if let Some(t) = traceparent {
+                    r = r.header("traceparent", t);
                 }
                 r
             })

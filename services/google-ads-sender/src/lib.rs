@@ -52,12 +52,17 @@ impl GoogleAdsAdapter {
 
     /// Sends Data Manager events of one conversion action; a fast-fail that names events
     /// dead-letters those and sends the rest again at once.
-    async fn ingest(&self, action_id: &str, events: Vec<(usize, &Value)>) -> Vec<(usize, Outcome)> {
+    async fn ingest(
+        &self,
+        action_id: &str,
+        events: Vec<(usize, &Value)>,
+        traceparent: Option<&str>,
+    ) -> Vec<(usize, Outcome)> {
         let mut out = Vec::new();
         let mut pending = events;
         while !pending.is_empty() {
             let bodies: Vec<&Value> = pending.iter().map(|(_, e)| *e).collect();
-            match self.client.ingest(action_id, &bodies).await {
+            match self.client.ingest(action_id, &bodies, traceparent).await {
                 IngestResult::Accepted(request_id) => {
                     out.extend(pending.iter().enumerate().map(|(k, (i, _))| {
                         (
@@ -157,6 +162,9 @@ impl Adapter for GoogleAdsAdapter {
         }
         let mut reported: Vec<(usize, Outcome)> = Vec::with_capacity(n);
         for ((family, action_id), members) in groups {
+            let traceparent = members
+                .first()
+                .and_then(|(i, _)| items[*i].traceparent.as_deref());
             let results: Vec<(usize, Outcome)> = match family {
                 0 => {
                     let events = members
@@ -166,7 +174,7 @@ impl Adapter for GoogleAdsAdapter {
                             _ => None,
                         })
                         .collect();
-                    self.ingest(action_id, events).await
+                    self.ingest(action_id, events, traceparent).await
                 }
                 _ => {
                     let kind = if family == 1 {
@@ -182,7 +190,7 @@ impl Adapter for GoogleAdsAdapter {
                             GoogleEvent::Ingest { event, .. } => event,
                         })
                         .collect();
-                    let answers = self.client.upload(kind, &rows).await;
+                    let answers = self.client.upload(kind, &rows, traceparent).await;
                     members.iter().map(|(i, _)| *i).zip(answers).collect()
                 }
             };

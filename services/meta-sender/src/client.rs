@@ -71,14 +71,13 @@ impl MetaClient {
         body
     }
 
-    /// Posts `events` as one request.
-    pub async fn post(&self, events: &[Value]) -> BatchResult {
-        let response = self
-            .http
-            .post(self.authed_url())
-            .json(&self.body(events))
-            .send()
-            .await;
+    /// Posts `events` as one request, with `traceparent` when given.
+    pub async fn post(&self, events: &[Value], traceparent: Option<&str>) -> BatchResult {
+        let mut request = self.http.post(self.authed_url()).json(&self.body(events));
+        if let Some(t) = traceparent {
+            request = request.header("traceparent", t);
+        }
+        let response = request.send().await;
         let response = match response {
             Ok(r) => r,
             Err(e) => return BatchResult::All(http::transport_failure("Meta", &e)),

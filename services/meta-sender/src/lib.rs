@@ -44,9 +44,10 @@ impl MetaAdapter {
     fn send_isolating<'a>(
         &'a self,
         events: &'a [Value],
+        traceparent: Option<&'a str>,
     ) -> Pin<Box<dyn Future<Output = Vec<Outcome>> + Send + 'a>> {
         Box::pin(async move {
-            match self.client.post(events).await {
+            match self.client.post(events, traceparent).await {
                 BatchResult::Accepted(trace) => vec![
                     Outcome::Sent {
                         reference: trace,
@@ -60,8 +61,8 @@ impl MetaAdapter {
                 }
                 BatchResult::Poisoned(_) => {
                     let (left, right) = events.split_at(events.len() / 2);
-                    let mut out = self.send_isolating(left).await;
-                    out.extend(self.send_isolating(right).await);
+                    let mut out = self.send_isolating(left, traceparent).await;
+                    out.extend(self.send_isolating(right, traceparent).await);
                     out
                 }
             }
@@ -94,6 +95,7 @@ impl Adapter for MetaAdapter {
     }
 
     async fn send(&self, items: Vec<Item<Value>>) -> Vec<Outcome> {
+        let traceparent = items.first().and_then(|i| i.traceparent.clone());
         let events: Vec<Value> = items.into_iter().map(|i| i.prepared).collect();
         if self.settings.dry_run {
             return events
@@ -103,7 +105,7 @@ impl Adapter for MetaAdapter {
                 })
                 .collect();
         }
-        self.send_isolating(&events).await
+        self.send_isolating(&events, traceparent.as_deref()).await
     }
 
     async fn probe(&self) -> bool {

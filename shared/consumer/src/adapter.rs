@@ -17,6 +17,9 @@ pub struct Item<T> {
     pub event_id: String,
     /// What [`Adapter::prepare`] built.
     pub prepared: T,
+    /// The `traceparent` for the destination call: the event's trace (from its message), a
+    /// new span id. A request carrying several events carries its first event's.
+    pub traceparent: Option<String>,
 }
 
 /// An event the destination accepted earlier (`Outcome::Accepted`) and has not given its

@@ -26,6 +26,7 @@ use leadpipe_bus::topology::tier_for;
 use leadpipe_bus::{OutgoingMessage, Publisher};
 use leadpipe_db::DeliveryStatus;
 use leadpipe_events::Envelope;
+use leadpipe_telemetry::traceparent::TraceParent;
 
 use crate::adapter::{Adapter, Awaiting, Item, Verdict};
 use crate::cfg::RuntimeSettings;
@@ -390,6 +391,12 @@ async fn process_batch<A: Adapter>(
                     Item {
                         event_id: id.clone(),
                         prepared,
+                        traceparent: header_str(
+                            slot.delivery.properties.headers().as_ref(),
+                            headers::TRACEPARENT,
+                        )
+                        .and_then(|t| TraceParent::parse(&t))
+                        .map(|t| t.child().to_string()),
                     },
                 )),
             }
