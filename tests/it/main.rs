@@ -16,5 +16,6 @@ mod meta_sender;
 mod meta_sender_binary;
 mod native_webhooks;
 mod pipeline;
+mod replicas_binary;
 mod runtime;
 mod topology;
