@@ -70,16 +70,19 @@ impl HubSpotClient {
     pub fn upsert<'a>(
         &'a self,
         inputs: &'a [(String, Value)],
+        traceparent: Option<&'a str>,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<Outcome>> + Send + 'a>> {
         Box::pin(async move {
             let body = json!({"inputs": inputs.iter().map(|(_, i)| i).collect::<Vec<_>>()});
-            let response = self
+            let mut request = self
                 .http
                 .post(&self.upsert_url)
                 .bearer_auth(self.token.expose_secret())
-                .json(&body)
-                .send()
-                .await;
+                .json(&body);
+            if let Some(t) = traceparent {
+                request = request.header("traceparent", t);
+            }
+            let response = request.send().await;
             let response = match response {
                 Ok(r) => r,
                 Err(e) => return vec![http::transport_failure("HubSpot", &e); inputs.len()],
@@ -126,8 +129,8 @@ impl HubSpotClient {
                 401 | 403 => Outcome::Systemic(failure),
                 400 if inputs.len() > 1 => {
                     let (left, right) = inputs.split_at(inputs.len() / 2);
-                    let mut out = self.upsert(left).await;
-                    out.extend(self.upsert(right).await);
+                    let mut out = self.upsert(left, traceparent).await;
+                    out.extend(self.upsert(right, traceparent).await);
                     return out;
                 }
                 _ => Outcome::Permanent(failure),

@@ -98,7 +98,8 @@ impl CrmAdapter {
                 }
             }
             let batch: Vec<(String, Value)> = this.iter().map(|&i| inputs[i].clone()).collect();
-            for (i, o) in this.iter().zip(client.upsert(&batch).await) {
+            let traceparent = this.first().and_then(|&i| items[i].traceparent.as_deref());
+            for (i, o) in this.iter().zip(client.upsert(&batch, traceparent).await) {
                 outcomes[*i] = Some(o);
             }
             left = next;
