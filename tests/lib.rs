@@ -1018,6 +1018,59 @@ impl Pipeline {
             .unwrap_or_else(|e| panic!("{binary} starts: {e}"))
     }
 
+    /// Starts the real binary of `destination`'s sender, pointed at this pipeline's fake.
+    pub fn spawn_destination_binary(&self, destination: Destination) -> tokio::process::Child {
+        let (name, env): (&str, Vec<(&str, String)>) = match destination {
+            Destination::Meta => (
+                "meta-sender",
+                vec![
+                    ("META_API_BASE_URL", self.meta.base_url.clone()),
+                    ("META_PIXEL_ID", "1234567890".into()),
+                    ("META_ACCESS_TOKEN", META_TOKEN.into()),
+                ],
+            ),
+            Destination::Ga4 => (
+                "ga4-sender",
+                vec![
+                    ("GA4_API_BASE_URL", self.ga4.base_url.clone()),
+                    ("GA4_MEASUREMENT_ID", GA4_MEASUREMENT_ID.into()),
+                    ("GA4_API_SECRET", GA4_SECRET.into()),
+                ],
+            ),
+            Destination::GoogleAds => (
+                "google-ads-sender",
+                vec![
+                    ("GOOGLE_DATA_MANAGER_BASE_URL", self.google.base_url.clone()),
+                    ("GOOGLE_ADS_API_BASE_URL", self.google.base_url.clone()),
+                    ("GOOGLE_OAUTH_TOKEN_URL", self.google.token_url()),
+                    ("GOOGLE_ADS_CUSTOMER_ID", GOOGLE_ADS_CUSTOMER_ID.into()),
+                    (
+                        "GOOGLE_ADS_CONVERSION_ACTION_ID",
+                        GOOGLE_ADS_CONVERSION_ACTION_ID.into(),
+                    ),
+                    ("GOOGLE_ADS_CLIENT_ID", "client-id".into()),
+                    ("GOOGLE_ADS_CLIENT_SECRET", "client-secret".into()),
+                    (
+                        "GOOGLE_ADS_REFRESH_TOKEN",
+                        fake_google::REFRESH_TOKEN.into(),
+                    ),
+                    ("GOOGLE_DM_STATUS_DELAY_SECS", "1".into()),
+                    ("GOOGLE_DM_STATUS_DELAY_MAX_SECS", "2".into()),
+                ],
+            ),
+            Destination::Crm => (
+                "crm-writer",
+                vec![
+                    ("CRM_KIND", "webhook".into()),
+                    ("CRM_WEBHOOK_URL", self.crm.webhook_url()),
+                    ("CRM_WEBHOOK_SECRET", fake_crm::WEBHOOK_SECRET.into()),
+                ],
+            ),
+        };
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        self.spawn_sender_binary(name, &env)
+    }
+
     /// `(status, attempts)` of an event's meta row.
     pub async fn row(&self, event_id: &str) -> Option<(String, i32)> {
         self.row_in(Destination::Meta, event_id).await

@@ -5,19 +5,10 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use leadpipe_bus::Destination;
-use leadpipe_tests::fake_crm::WEBHOOK_SECRET;
 use leadpipe_tests::{Pipeline, SenderOptions, bin_path, eventually, recent_lead};
 
 fn spawn_binary(p: &Pipeline) -> tokio::process::Child {
-    let url = p.crm.webhook_url();
-    p.spawn_sender_binary(
-        "crm-writer",
-        &[
-            ("CRM_KIND", "webhook"),
-            ("CRM_WEBHOOK_URL", &url),
-            ("CRM_WEBHOOK_SECRET", WEBHOOK_SECRET),
-        ],
-    )
+    p.spawn_destination_binary(Destination::Crm)
 }
 
 #[tokio::test]

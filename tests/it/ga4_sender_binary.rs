@@ -9,14 +9,7 @@ use leadpipe_tests::{
 };
 
 fn spawn_binary(p: &Pipeline) -> tokio::process::Child {
-    p.spawn_sender_binary(
-        "ga4-sender",
-        &[
-            ("GA4_API_BASE_URL", &p.ga4.base_url),
-            ("GA4_MEASUREMENT_ID", GA4_MEASUREMENT_ID),
-            ("GA4_API_SECRET", GA4_SECRET),
-        ],
-    )
+    p.spawn_destination_binary(Destination::Ga4)
 }
 
 #[tokio::test]

@@ -6,32 +6,10 @@ use std::time::Duration;
 use serde_json::json;
 
 use leadpipe_bus::Destination;
-use leadpipe_tests::fake_google::REFRESH_TOKEN;
-use leadpipe_tests::{
-    GOOGLE_ADS_CONVERSION_ACTION_ID, GOOGLE_ADS_CUSTOMER_ID, Pipeline, SenderOptions, eventually,
-    recent_lead,
-};
+use leadpipe_tests::{Pipeline, SenderOptions, eventually, recent_lead};
 
 fn spawn_binary(p: &Pipeline) -> tokio::process::Child {
-    let token_url = p.google.token_url();
-    p.spawn_sender_binary(
-        "google-ads-sender",
-        &[
-            ("GOOGLE_DATA_MANAGER_BASE_URL", &p.google.base_url),
-            ("GOOGLE_ADS_API_BASE_URL", &p.google.base_url),
-            ("GOOGLE_OAUTH_TOKEN_URL", &token_url),
-            ("GOOGLE_ADS_CUSTOMER_ID", GOOGLE_ADS_CUSTOMER_ID),
-            (
-                "GOOGLE_ADS_CONVERSION_ACTION_ID",
-                GOOGLE_ADS_CONVERSION_ACTION_ID,
-            ),
-            ("GOOGLE_ADS_CLIENT_ID", "client-id"),
-            ("GOOGLE_ADS_CLIENT_SECRET", "client-secret"),
-            ("GOOGLE_ADS_REFRESH_TOKEN", REFRESH_TOKEN),
-            ("GOOGLE_DM_STATUS_DELAY_SECS", "1"),
-            ("GOOGLE_DM_STATUS_DELAY_MAX_SECS", "2"),
-        ],
-    )
+    p.spawn_destination_binary(Destination::GoogleAds)
 }
 
 fn won(i: usize) -> serde_json::Value {

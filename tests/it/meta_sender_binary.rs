@@ -4,17 +4,10 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use leadpipe_bus::Destination;
-use leadpipe_tests::{META_TOKEN, Pipeline, SenderOptions, eventually, recent_lead};
+use leadpipe_tests::{Pipeline, SenderOptions, eventually, recent_lead};
 
 fn spawn_binary(p: &Pipeline) -> tokio::process::Child {
-    p.spawn_sender_binary(
-        "meta-sender",
-        &[
-            ("META_API_BASE_URL", &p.meta.base_url),
-            ("META_PIXEL_ID", "1234567890"),
-            ("META_ACCESS_TOKEN", META_TOKEN),
-        ],
-    )
+    p.spawn_destination_binary(Destination::Meta)
 }
 
 #[tokio::test]

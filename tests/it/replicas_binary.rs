@@ -8,66 +8,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use leadpipe_bus::Destination;
-use leadpipe_tests::fake_crm::WEBHOOK_SECRET;
-use leadpipe_tests::fake_google::REFRESH_TOKEN;
-use leadpipe_tests::{
-    GA4_MEASUREMENT_ID, GA4_SECRET, GOOGLE_ADS_CONVERSION_ACTION_ID, GOOGLE_ADS_CUSTOMER_ID,
-    META_TOKEN, Pipeline, eventually, recent_lead,
-};
-
-/// The binary and its destination variables, pointed at the pipeline's fakes.
-fn binary(p: &Pipeline, d: Destination) -> (&'static str, Vec<(&'static str, String)>) {
-    match d {
-        Destination::Meta => (
-            "meta-sender",
-            vec![
-                ("META_API_BASE_URL", p.meta.base_url.clone()),
-                ("META_PIXEL_ID", "1234567890".into()),
-                ("META_ACCESS_TOKEN", META_TOKEN.into()),
-            ],
-        ),
-        Destination::Ga4 => (
-            "ga4-sender",
-            vec![
-                ("GA4_API_BASE_URL", p.ga4.base_url.clone()),
-                ("GA4_MEASUREMENT_ID", GA4_MEASUREMENT_ID.into()),
-                ("GA4_API_SECRET", GA4_SECRET.into()),
-            ],
-        ),
-        Destination::GoogleAds => (
-            "google-ads-sender",
-            vec![
-                ("GOOGLE_DATA_MANAGER_BASE_URL", p.google.base_url.clone()),
-                ("GOOGLE_ADS_API_BASE_URL", p.google.base_url.clone()),
-                ("GOOGLE_OAUTH_TOKEN_URL", p.google.token_url()),
-                ("GOOGLE_ADS_CUSTOMER_ID", GOOGLE_ADS_CUSTOMER_ID.into()),
-                (
-                    "GOOGLE_ADS_CONVERSION_ACTION_ID",
-                    GOOGLE_ADS_CONVERSION_ACTION_ID.into(),
-                ),
-                ("GOOGLE_ADS_CLIENT_ID", "client-id".into()),
-                ("GOOGLE_ADS_CLIENT_SECRET", "client-secret".into()),
-                ("GOOGLE_ADS_REFRESH_TOKEN", REFRESH_TOKEN.into()),
-                ("GOOGLE_DM_STATUS_DELAY_SECS", "1".into()),
-                ("GOOGLE_DM_STATUS_DELAY_MAX_SECS", "2".into()),
-            ],
-        ),
-        Destination::Crm => (
-            "crm-writer",
-            vec![
-                ("CRM_KIND", "webhook".into()),
-                ("CRM_WEBHOOK_URL", p.crm.webhook_url()),
-                ("CRM_WEBHOOK_SECRET", WEBHOOK_SECRET.into()),
-            ],
-        ),
-    }
-}
-
-fn spawn(p: &Pipeline, d: Destination) -> tokio::process::Child {
-    let (name, env) = binary(p, d);
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    p.spawn_sender_binary(name, &env)
-}
+use leadpipe_tests::{Pipeline, eventually, recent_lead};
 
 /// Requests the destination's fake has seen so far.
 fn requests(p: &Pipeline, d: Destination) -> usize {
@@ -128,8 +69,8 @@ async fn one_of_two_replicas_killed(d: Destination) {
     }
 
     // Act: two replicas; SIGKILL one once requests flow; the other finishes.
-    let mut doomed = spawn(&p, d);
-    let mut survivor = spawn(&p, d);
+    let mut doomed = p.spawn_destination_binary(d);
+    let mut survivor = p.spawn_destination_binary(d);
     assert!(
         eventually(Duration::from_secs(30), || async { requests(&p, d) >= 2 }).await,
         "{}: no request",

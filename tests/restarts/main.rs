@@ -9,7 +9,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use leadpipe_tests::{Broker, Pipeline, SenderOptions, eventually, recent_lead};
+use leadpipe_tests::{Broker, Pipeline, SenderOptions, TestSender, eventually, recent_lead};
 
 /// One restart at a time: the tests of this binary would otherwise restart things under each
 /// other.
@@ -39,15 +39,14 @@ async fn rabbitmqctl(args: &[&str]) {
     assert!(status.success(), "rabbitmqctl {args:?} failed");
 }
 
-#[tokio::test]
-async fn a_broker_restart_mid_stream_loses_nothing_and_sends_nothing_twice() {
-    let _turn = ONE_AT_A_TIME.lock().await;
-    // Arrange: 300 leads, a sender working through them against a slowish Meta.
+/// 300 leads (ids from `prefix`) and meta-sender working through them against a slowish
+/// Meta, requests already flowing: the moment to take something away.
+async fn stream_under_way(prefix: &str) -> (Pipeline, HashSet<String>, TestSender) {
     let p = Pipeline::new().await;
     p.meta.set_latency(Duration::from_millis(50));
     let mut ids = HashSet::new();
     for i in 0..300 {
-        ids.insert(p.publish(&recent_lead(&format!("L-br{i}"))).await);
+        ids.insert(p.publish(&recent_lead(&format!("{prefix}{i}"))).await);
     }
     let sender = p
         .start_meta(SenderOptions {
@@ -61,6 +60,14 @@ async fn a_broker_restart_mid_stream_loses_nothing_and_sends_nothing_twice() {
         })
         .await
     );
+    (p, ids, sender)
+}
+
+#[tokio::test]
+async fn a_broker_restart_mid_stream_loses_nothing_and_sends_nothing_twice() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    // Arrange: 300 leads, a sender working through them against a slowish Meta.
+    let (p, ids, sender) = stream_under_way("L-br").await;
 
     // Act: the broker goes away and comes back while batches are in flight.
     let guard = StartAppOnDrop;
@@ -118,24 +125,7 @@ impl Drop for StartPostgresOnDrop {
 async fn a_database_restart_mid_stream_loses_nothing_and_sends_nothing_twice() {
     let _turn = ONE_AT_A_TIME.lock().await;
     // Arrange
-    let p = Pipeline::new().await;
-    p.meta.set_latency(Duration::from_millis(50));
-    let mut ids = HashSet::new();
-    for i in 0..300 {
-        ids.insert(p.publish(&recent_lead(&format!("L-pg{i}"))).await);
-    }
-    let sender = p
-        .start_meta(SenderOptions {
-            batch_size: 20,
-            ..SenderOptions::default()
-        })
-        .await;
-    assert!(
-        eventually(Duration::from_secs(30), || async {
-            p.meta.requests().len() >= 2
-        })
-        .await
-    );
+    let (p, ids, sender) = stream_under_way("L-pg").await;
 
     // Act: PostgreSQL restarts while batches are claimed and in flight.
     let version = pg_version();
