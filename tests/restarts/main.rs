@@ -138,17 +138,13 @@ async fn a_database_restart_mid_stream_loses_nothing_and_sends_nothing_twice() {
     assert!(status.success(), "PostgreSQL did not restart");
     drop(guard);
 
-    // Assert: batches whose outcome could not be written went back to the queue; the sender
-    // reconnects; every event sent, once — a batch sent just before the restart is the one
-    // unavoidable window, resent with the same event_id, which Meta dedupes on.
+    // Assert: a batch sent while the database was away held its deliveries and wrote its
+    // outcome once the database was back; the sender reconnects; every event sent, once.
     p.wait_count("sent", 300, Duration::from_secs(120)).await;
     let accepted = p.meta.accepted();
     assert_eq!(accepted.keys().cloned().collect::<HashSet<_>>(), ids);
-    let repeats: usize = accepted.values().map(|n| n - 1).sum();
-    assert!(
-        repeats <= 40,
-        "{repeats} events sent twice: more than the batches in flight"
-    );
+    let twice: Vec<_> = accepted.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "events sent twice: {twice:?}");
     sender.stop().await;
     p.cleanup().await;
 }

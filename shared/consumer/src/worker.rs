@@ -3,7 +3,9 @@
 //! Per batch: decode → dedupe → claim in Postgres → adapter `prepare` → adapter `send` →
 //! outcomes turned into actions → delay/DLQ publishes confirmed → outcomes committed →
 //! deliveries acked (one `multiple` ack when the whole batch is done). A delivery is never
-//! held while waiting for a retry: it goes to a delay queue and is acked.
+//! held while waiting for a retry: it goes to a delay queue and is acked. An outcome the
+//! database cannot take is written again until it can (the deliveries stay unacked
+//! meanwhile): a sent event is never handed back to be sent twice because Postgres restarted.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -554,7 +556,14 @@ async fn process_batch<A: Adapter>(
         slots[*i].action = Some(Action::Requeue);
     }
 
-    if let Err(e) = store.record(&records).await {
+    // The destination has acted on these events: while the database is away the outcome is
+    // written again and again, the deliveries held unacked, rather than handed back to the
+    // queue to be sent a second time.
+    if let Err(e) = patiently(shared.destination(), "recording outcomes", || {
+        store.record(&records)
+    })
+    .await
+    {
         requeue_all(shared, &slots).await;
         shared.metrics.in_flight.sub(claim.claimed.len() as i64);
         return Err(anyhow::Error::new(e).context("recording outcomes failed"));
@@ -567,7 +576,11 @@ async fn process_batch<A: Adapter>(
         .filter(|(i, _)| !failed_publishes.contains(i))
         .map(|(_, r)| r)
         .collect();
-    if let Err(e) = store.resolve(&resolutions).await {
+    if let Err(e) = patiently(shared.destination(), "recording verdicts", || {
+        store.resolve(&resolutions)
+    })
+    .await
+    {
         requeue_all(shared, &slots).await;
         return Err(anyhow::Error::new(e).context("recording verdicts failed"));
     }
@@ -590,6 +603,37 @@ async fn process_batch<A: Adapter>(
         shared.pause(&reason);
     }
     Ok(())
+}
+
+/// How long a batch's outcome is written again while the database is away, before its
+/// deliveries go back to the queue (well inside RabbitMQ's 30-minute delivery timeout).
+const PATIENCE: Duration = Duration::from_secs(300);
+
+/// Runs `write` until it succeeds, with backoff from 100 ms to 5 s, for at most
+/// [`PATIENCE`]; returns its last error after that.
+async fn patiently<T, F, Fut>(destination: &str, what: &str, mut write: F) -> sqlx::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = sqlx::Result<T>>,
+{
+    let deadline = Instant::now() + PATIENCE;
+    let mut wait = Duration::from_millis(100);
+    loop {
+        match write().await {
+            Ok(v) => return Ok(v),
+            Err(e) if Instant::now() + wait < deadline => {
+                tracing::warn!(
+                    destination,
+                    error = %e,
+                    retry_in_ms = wait.as_millis() as u64,
+                    "{what} failed: the database is away, holding the batch and trying again"
+                );
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// The delay code of an accepted event waiting for its verdict (not a retry).
