@@ -48,9 +48,9 @@ test: services
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace
 
-## The whole pipeline in one process with 20,000 events (make test runs it with 400).
-e2e: services
-	E2E_EVENTS=$${E2E_EVENTS:-20000} $(CARGO) test -p leadpipe-tests --test it pipeline:: -- --nocapture
+## The whole pipeline as processes with 20,000 events (make test runs it with 400).
+e2e: services build
+	E2E_EVENTS=$${E2E_EVENTS:-20000} $(CARGO) test -p leadpipe-tests --test it pipeline::a_mixed_stream -- --nocapture
 
 ## Property-based fuzzing of the event parser/validator and the native-webhook mapper.
 fuzz:

@@ -586,6 +586,15 @@ pub fn bin_path(name: &str) -> PathBuf {
     path
 }
 
+#[path = "support/otlp.rs"]
+pub mod otlp;
+
+#[path = "support/stream.rs"]
+pub mod stream;
+
+#[path = "support/storm.rs"]
+pub mod storm;
+
 #[path = "support/fake_meta.rs"]
 pub mod fake_meta;
 
@@ -665,6 +674,14 @@ pub async fn start_sender<A: leadpipe_consumer::Adapter>(
         "{name} sender never became ready"
     );
     s
+}
+
+/// The real `ingest` binary, running.
+pub struct IngestProcess {
+    /// The process.
+    pub child: tokio::process::Child,
+    /// `http://127.0.0.1:<port>`.
+    pub base: String,
 }
 
 /// A namespace, a database and fakes of the destinations: everything a sender test needs.
@@ -1020,6 +1037,15 @@ impl Pipeline {
 
     /// Starts the real binary of `destination`'s sender, pointed at this pipeline's fake.
     pub fn spawn_destination_binary(&self, destination: Destination) -> tokio::process::Child {
+        self.spawn_destination_binary_with(destination, &[])
+    }
+
+    /// [`Pipeline::spawn_destination_binary`] with `extra` variables set last (they win).
+    pub fn spawn_destination_binary_with(
+        &self,
+        destination: Destination,
+        extra: &[(&str, String)],
+    ) -> tokio::process::Child {
         let (name, env): (&str, Vec<(&str, String)>) = match destination {
             Destination::Meta => (
                 "meta-sender",
@@ -1067,8 +1093,65 @@ impl Pipeline {
                 ],
             ),
         };
-        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let env: Vec<(&str, &str)> = env
+            .iter()
+            .chain(extra)
+            .map(|(k, v)| (*k, v.as_str()))
+            .collect();
         self.spawn_sender_binary(name, &env)
+    }
+
+    /// Starts the real `ingest` binary on this pipeline's namespace, its broker at
+    /// `amqp_url` (a [`TcpProxy`]'s, to take the broker away from it), the test source
+    /// unthrottled, with `env` besides; waits until it is ready.
+    pub async fn spawn_ingest_binary(
+        &self,
+        amqp_url: &str,
+        env: &[(&str, String)],
+    ) -> IngestProcess {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let sources =
+            std::env::temp_dir().join(format!("leadpipe-sources-{}.toml", self.names.namespace()));
+        std::fs::write(
+            &sources,
+            format!(
+                "[[sources]]\nid = \"{TEST_SOURCE}\"\nsecret_env = \"TEST_SOURCE_SECRET\"\n\
+                 default_region = \"US\"\nrate_limit_per_second = 1000000\n"
+            ),
+        )
+        .unwrap();
+        let mut command = tokio::process::Command::new(bin_path("ingest"));
+        command.envs(env.iter().map(|(k, v)| (*k, v.as_str())));
+        let child = command
+            .env("AMQP_URL", amqp_url)
+            .env("LEADPIPE_NAMESPACE", self.names.namespace())
+            .env("LEADPIPE_SOURCES", &sources)
+            .env(
+                "LEADPIPE_CONFIG",
+                format!("{}/../config/leadpipe.toml", env!("CARGO_MANIFEST_DIR")),
+            )
+            .env("TEST_SOURCE_SECRET", TEST_SECRET)
+            .env("INGEST_ADDR", format!("127.0.0.1:{port}"))
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("ingest starts");
+        let base = format!("http://127.0.0.1:{port}");
+        let ready = eventually(Duration::from_secs(30), || async {
+            reqwest::get(format!("{base}/readyz"))
+                .await
+                .is_ok_and(|r| r.status() == 200)
+        })
+        .await;
+        assert!(ready, "the ingest binary never became ready");
+        let _ = std::fs::remove_file(&sources);
+        IngestProcess { child, base }
     }
 
     /// `(status, attempts)` of an event's meta row.

@@ -132,3 +132,22 @@ async fn the_sample_lead_is_accepted_by_the_real_binary_which_exits_cleanly_on_s
     }
     broker.delete().await;
 }
+
+#[tokio::test]
+async fn an_unsupported_otlp_protocol_is_named_at_start_up() {
+    // Act: an OTLP endpoint with a protocol that is not built in.
+    let out = tokio::process::Command::new(bin_path("ingest"))
+        .env("LEADPIPE_SOURCES", repo_file("config/sources.toml"))
+        .env("SITE_WIDGET_SECRET", "x")
+        .env("INGEST_ADDR", format!("127.0.0.1:{}", free_port()))
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+        .output()
+        .await
+        .unwrap();
+
+    // Assert
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("OTEL_EXPORTER_OTLP_PROTOCOL"), "{stderr}");
+}

@@ -1,5 +1,6 @@
-//! The broker and the database restarted mid-stream under a running sender: nothing accepted
-//! is lost, nothing is sent twice.
+//! The broker and the database restarted mid-stream, under one running sender and under the
+//! whole pipeline as processes (ingest and the four senders on the mixed stream): nothing
+//! accepted is lost, nothing is sent twice.
 //!
 //! A test binary of its own: the broker and the database are shared by every test, and cargo
 //! runs test binaries one after another, so no other test sees them go away; inside this
@@ -9,6 +10,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+use leadpipe_tests::stream::{Driver, Posted, Processes, Repeats, Stream, check};
 use leadpipe_tests::{Broker, Pipeline, SenderOptions, TestSender, eventually, recent_lead};
 
 /// One restart at a time: the tests of this binary would otherwise restart things under each
@@ -147,4 +149,87 @@ async fn a_database_restart_mid_stream_loses_nothing_and_sends_nothing_twice() {
     assert!(twice.is_empty(), "events sent twice: {twice:?}");
     sender.stop().await;
     p.cleanup().await;
+}
+
+/// The whole pipeline as processes, half of a mixed stream posted and requests flowing.
+async fn pipeline_under_way() -> (Processes, Stream, Driver, std::ops::Range<usize>) {
+    let p = Pipeline::new().await;
+    let latency = Duration::from_millis(20);
+    p.meta.set_latency(latency);
+    p.ga4.set_latency(latency);
+    p.google.set_latency(latency);
+    p.crm.set_latency(latency);
+    let run = Processes::start(p, None, 1, vec![]).await;
+    let stream = Stream::new(200);
+    let mut driver = run.driver();
+    let (first, rest) = stream.halves();
+    driver.post(&stream, first).await;
+    assert!(
+        eventually(Duration::from_secs(60), || async {
+            run.requests_seen() >= 4
+        })
+        .await
+    );
+    (run, stream, driver, rest)
+}
+
+#[tokio::test]
+async fn a_broker_restart_under_the_whole_pipeline_answers_503_then_loses_and_doubles_nothing() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    // Arrange: ingest and the four senders as processes, the stream half posted.
+    let (run, stream, mut driver, rest) = pipeline_under_way().await;
+
+    // Act: the broker stops; ingest refuses a batch with 503 meanwhile; it starts again and
+    // the client posts the rest (and that batch again).
+    let guard = StartAppOnDrop;
+    rabbitmqctl(&["stop_app"]).await;
+    assert_eq!(
+        driver.post_once(&stream, rest.start).await,
+        Posted::Unavailable
+    );
+    rabbitmqctl(&["start_app"]).await;
+    rabbitmqctl(&["await_startup", "--timeout", "60"]).await;
+    drop(guard);
+    driver.post(&stream, rest).await;
+
+    // Assert: every service reconnected by itself; every check of the calm run holds.
+    check(
+        &run.p,
+        &stream,
+        &driver,
+        Repeats::Never,
+        Duration::from_secs(180),
+    )
+    .await;
+    run.stop().await;
+}
+
+#[tokio::test]
+async fn a_database_restart_under_the_whole_pipeline_loses_and_doubles_nothing() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    // Arrange
+    let (run, stream, mut driver, rest) = pipeline_under_way().await;
+
+    // Act: PostgreSQL restarts while all four senders are claiming and sending.
+    let version = pg_version();
+    let guard = StartPostgresOnDrop(version.clone());
+    let status = tokio::process::Command::new("pg_ctlcluster")
+        .args(["--skip-systemctl-redirect", &version, "main", "restart"])
+        .status()
+        .await
+        .expect("pg_ctlcluster runs");
+    assert!(status.success(), "PostgreSQL did not restart");
+    drop(guard);
+    driver.post(&stream, rest).await;
+
+    // Assert
+    check(
+        &run.p,
+        &stream,
+        &driver,
+        Repeats::Never,
+        Duration::from_secs(180),
+    )
+    .await;
+    run.stop().await;
 }

@@ -63,8 +63,7 @@ struct Inner {
     written: usize,
     /// Keep counts only, not every delivery (benchmarks).
     lean: bool,
-    storm_every: u32,
-    storm_count: u32,
+    storm: crate::storm::Storm,
 }
 
 /// The fakes' handle (both served on one port).
@@ -97,6 +96,8 @@ async fn webhook(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
+    let strike = inner.lock().unwrap().storm.count();
+    let struck = crate::storm::weather(strike).await;
     let latency = inner.lock().unwrap().latency;
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
@@ -110,13 +111,11 @@ async fn webhook(
         .to_owned();
     let status = if verified.is_none() {
         401
-    } else if let Some(s) = g.script.pop_front().or_else(|| {
-        if g.storm_every == 0 {
-            return None;
-        }
-        g.storm_count += 1;
-        g.storm_count.is_multiple_of(g.storm_every).then_some(503)
-    }) {
+    } else if let Some(s) = g
+        .script
+        .pop_front()
+        .or_else(|| struck.map(|(status, _)| status))
+    {
         s
     } else if g.seen.contains_key(&id) {
         409
@@ -139,7 +138,16 @@ async fn webhook(
                 .map(str::to_owned),
         });
     }
-    StatusCode::from_u16(status).unwrap().into_response()
+    let mut response = StatusCode::from_u16(status).unwrap().into_response();
+    if let Some(secs) = struck
+        .and_then(|(s, ra)| (s == status).then_some(ra))
+        .flatten()
+    {
+        response
+            .headers_mut()
+            .insert("retry-after", secs.to_string().parse().unwrap());
+    }
+    response
 }
 
 fn hubspot_error(status: u16, category: &str, extra: Value) -> Response {
@@ -296,7 +304,12 @@ impl FakeCrm {
 
     /// Every `n`-th request fails with 503 (a destination storm; 0: none).
     pub fn set_storm(&self, every: u32) {
-        self.inner.lock().unwrap().storm_every = every;
+        self.set_storm_of(every, crate::storm::Strike::Unavailable);
+    }
+
+    /// Every `n`-th request to the data endpoint is struck with `strike` (0: none).
+    pub fn set_storm_of(&self, every: u32, strike: crate::storm::Strike) {
+        self.inner.lock().unwrap().storm.set(every, strike);
     }
 
     /// Verify and count only; keep no delivery (for benchmarks).

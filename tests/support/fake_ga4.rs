@@ -63,8 +63,7 @@ struct Inner {
     /// Keep counts only, not every request (benchmarks: 30,000 stored bodies cost the shared
     /// CPU more than the sender under test).
     lean: bool,
-    storm_every: u32,
-    storm_count: u32,
+    storm: crate::storm::Storm,
 }
 
 /// The fake's handle.
@@ -270,6 +269,12 @@ async fn handle(
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
+    let strike = if path == "/mp/collect" {
+        inner.lock().unwrap().storm.count()
+    } else {
+        None
+    };
+    let struck = crate::storm::weather(strike).await;
     let latency = inner.lock().unwrap().latency;
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
@@ -278,15 +283,7 @@ async fn handle(
     let messages = validate(&q, &body, raw.len());
     let mut g = inner.lock().unwrap();
     let scripted = if path == "/mp/collect" {
-        g.script.pop_front().or_else(|| {
-            if g.storm_every == 0 {
-                return None;
-            }
-            g.storm_count += 1;
-            g.storm_count
-                .is_multiple_of(g.storm_every)
-                .then_some((503, None))
-        })
+        g.script.pop_front().or(struck)
     } else {
         None
     };
@@ -372,7 +369,12 @@ impl FakeGa4 {
 
     /// Every `n`-th request fails with 503 (a destination storm; 0: none).
     pub fn set_storm(&self, every: u32) {
-        self.inner.lock().unwrap().storm_every = every;
+        self.set_storm_of(every, crate::storm::Strike::Unavailable);
+    }
+
+    /// Every `n`-th request to the data endpoint is struck with `strike` (0: none).
+    pub fn set_storm_of(&self, every: u32, strike: crate::storm::Strike) {
+        self.inner.lock().unwrap().storm.set(every, strike);
     }
 
     /// Validate and count only; keep no request (for benchmarks).

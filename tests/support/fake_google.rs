@@ -70,8 +70,7 @@ struct Inner {
     polls: Vec<(String, Instant)>,
     uploads: Vec<Upload>,
     latency: Duration,
-    storm_every: u32,
-    storm_count: u32,
+    storm: crate::storm::Storm,
 }
 
 /// The fake's handle.
@@ -265,6 +264,8 @@ async fn ingest(
     headers: HeaderMap,
     Json(body): Json<Value>,
 ) -> Response {
+    let strike = inner.lock().unwrap().storm.count();
+    let struck = crate::storm::weather(strike).await;
     let latency = inner.lock().unwrap().latency;
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
@@ -273,15 +274,7 @@ async fn ingest(
     if !authorized(&g, &headers) {
         return google_error(401, "UNAUTHENTICATED", vec![]);
     }
-    let storm = g.storm_every > 0 && {
-        g.storm_count += 1;
-        g.storm_count.is_multiple_of(g.storm_every)
-    };
-    if let Some((status, retry_after)) = g
-        .script
-        .pop_front()
-        .or_else(|| storm.then_some((503, None)))
-    {
+    if let Some((status, retry_after)) = g.script.pop_front().or(struck) {
         g.ingests.push(Ingest {
             at: Instant::now(),
             body,
@@ -621,7 +614,12 @@ impl FakeGoogle {
 
     /// Every `n`-th request fails with 503 (a destination storm; 0: none).
     pub fn set_storm(&self, every: u32) {
-        self.inner.lock().unwrap().storm_every = every;
+        self.set_storm_of(every, crate::storm::Strike::Unavailable);
+    }
+
+    /// Every `n`-th request to the data endpoint is struck with `strike` (0: none).
+    pub fn set_storm_of(&self, every: u32, strike: crate::storm::Strike) {
+        self.inner.lock().unwrap().storm.set(every, strike);
     }
 
     /// Delay every `events:ingest` answer.

@@ -52,8 +52,7 @@ struct Inner {
     events: HashMap<String, Value>,
     /// `GET /{version}/{pixel}` reads: (fields asked, status answered).
     reads: Vec<(String, u16)>,
-    storm_every: u32,
-    storm_count: u32,
+    storm: crate::storm::Storm,
 }
 
 /// The fake's handle.
@@ -152,6 +151,8 @@ async fn events(
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
+    let strike = inner.lock().unwrap().storm.count();
+    let struck = crate::storm::weather(strike).await;
     let latency = inner.lock().unwrap().latency;
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
@@ -165,11 +166,8 @@ async fn events(
         if q.get("access_token") != Some(&g.token) {
             return (400, graph_error(190, "Invalid OAuth access token."), None);
         }
-        if g.storm_every > 0 {
-            g.storm_count += 1;
-            if g.storm_count.is_multiple_of(g.storm_every) {
-                return (503, Value::Null, None);
-            }
+        if let Some((status, retry_after)) = struck {
+            return (status, Value::Null, retry_after);
         }
         if let Some(s) = g.script.pop_front() {
             return match s {
@@ -282,7 +280,12 @@ impl FakeMeta {
 
     /// Every `n`-th request fails with 503 (a destination storm; 0: none).
     pub fn set_storm(&self, every: u32) {
-        self.inner.lock().unwrap().storm_every = every;
+        self.set_storm_of(every, crate::storm::Strike::Unavailable);
+    }
+
+    /// Every `n`-th request to the data endpoint is struck with `strike` (0: none).
+    pub fn set_storm_of(&self, every: u32, strike: crate::storm::Strike) {
+        self.inner.lock().unwrap().storm.set(every, strike);
     }
 
     /// Answer the next requests as scripted, in order.

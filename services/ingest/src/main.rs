@@ -17,6 +17,14 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    match leadpipe_telemetry::otel::init("ingest") {
+        Ok(true) => tracing::info!("exporting spans over OTLP"),
+        Ok(false) => {}
+        Err(e) => {
+            eprintln!("ingest: invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
+    }
     let shutdown = leadpipe_telemetry::shutdown::on_signal();
     let app = match Application::build(settings, shutdown.clone()).await {
         Ok(app) => app,
@@ -34,7 +42,10 @@ async fn main() -> ExitCode {
             );
         }
     });
-    match app.run_until_stopped(shutdown).await {
+    let stopped = app.run_until_stopped(shutdown).await;
+    // Spans still buffered are exported before the process ends.
+    let _ = tokio::task::spawn_blocking(leadpipe_telemetry::otel::shutdown).await;
+    match stopped {
         Ok(()) => {
             tracing::info!("ingest stopped");
             ExitCode::SUCCESS

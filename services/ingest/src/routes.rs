@@ -24,6 +24,7 @@ use leadpipe_config::sources::Source;
 use leadpipe_events::{
     BodyError, Envelope, FieldError, SCHEMA_VERSION, ValidatedEvent, ValidationContext, codes,
 };
+use leadpipe_telemetry::otel;
 use leadpipe_telemetry::traceparent::TraceParent;
 
 use crate::auth;
@@ -238,16 +239,34 @@ async fn publish(
 ) -> Result<(), String> {
     let names: &Names = app.publisher.names();
     let exchange = names.events_exchange();
+    // The publish's own span: its id is what the message carries on.
+    let publish_trace = trace.child();
     let routing_key = Names::event_routing_key(&event.event_name, &source.id);
     let msg = OutgoingMessage {
         exchange: &exchange,
         routing_key: &routing_key,
         body: &event.body,
         message_id: &event.event_id,
-        headers: string_headers([(TRACEPARENT, trace.child().to_string())]),
+        headers: string_headers([(TRACEPARENT, publish_trace.to_string())]),
         expiration_ms: None,
     };
-    match app.publisher.publish(&msg).await {
+    let started = std::time::SystemTime::now();
+    let published = app.publisher.publish(&msg).await;
+    if otel::enabled() {
+        otel::Span::start_at(
+            format!("publish {exchange}"),
+            otel::Kind::Producer,
+            &publish_trace,
+            Some(&trace.parent_id),
+            started,
+        )
+        .attribute("messaging.message.id", event.event_id.clone())
+        .attribute("leadpipe.event_name", event.event_name.clone())
+        .attribute("leadpipe.source", source.id.clone())
+        .attribute("leadpipe.published", published.is_ok().to_string())
+        .end();
+    }
+    match published {
         Ok(()) => {
             app.metrics
                 .published
@@ -268,8 +287,47 @@ async fn publish(
     }
 }
 
-fn trace_of(headers: &HeaderMap) -> TraceParent {
-    TraceParent::continue_or_start(headers.get(TRACEPARENT).and_then(|v| v.to_str().ok()))
+/// The trace of one request: its own span, continuing the caller's when it sent a valid
+/// `traceparent`.
+struct RequestTrace {
+    /// The request span's ids (what the publishes continue).
+    context: TraceParent,
+    /// The caller's span id.
+    caller: Option<String>,
+    start: std::time::SystemTime,
+}
+
+impl RequestTrace {
+    /// Exports the request's span (when export is on).
+    fn end(&self, route: &str, status: StatusCode) {
+        if otel::enabled() {
+            otel::Span::start_at(
+                format!("POST {route}"),
+                otel::Kind::Server,
+                &self.context,
+                self.caller.as_deref(),
+                self.start,
+            )
+            .attribute("http.route", route.to_owned())
+            .attribute("http.response.status_code", status.as_u16().to_string())
+            .end();
+        }
+    }
+}
+
+fn trace_of(headers: &HeaderMap) -> RequestTrace {
+    let incoming = headers
+        .get(TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(TraceParent::parse);
+    RequestTrace {
+        context: incoming
+            .as_ref()
+            .map(TraceParent::child)
+            .unwrap_or_else(TraceParent::new_root),
+        caller: incoming.map(|t| t.parent_id),
+        start: std::time::SystemTime::now(),
+    }
 }
 
 async fn accept_one(app: &AppState, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
@@ -283,7 +341,7 @@ async fn accept_one(app: &AppState, headers: &HeaderMap, body: Body) -> Result<R
             return Err(ApiError::Validation(errors));
         }
     };
-    publish_one(app, source, headers, event).await
+    publish_one(app, source, headers, event, "/v1/events").await
 }
 
 /// Publishes one accepted event and answers `202`, or `503`.
@@ -292,14 +350,18 @@ async fn publish_one(
     source: &Source,
     headers: &HeaderMap,
     event: Accepted,
+    route: &str,
 ) -> Result<Response, ApiError> {
     let trace = trace_of(headers);
-    publish(app, source, &event, &trace)
-        .await
-        .map_err(|reason| ApiError::Unavailable {
+    let published = publish(app, source, &event, &trace.context).await;
+    if let Err(reason) = published {
+        trace.end(route, StatusCode::SERVICE_UNAVAILABLE);
+        return Err(ApiError::Unavailable {
             reason,
             results: None,
-        })?;
+        });
+    }
+    trace.end(route, StatusCode::ACCEPTED);
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({"event_id": event.event_id, "status": "accepted"})),
@@ -337,7 +399,14 @@ async fn accept_webhook(
             }
             ApiError::Validation(errors)
         })?;
-    publish_one(app, source, headers, envelope(valid)).await
+    publish_one(
+        app,
+        source,
+        headers,
+        envelope(valid),
+        "/v1/sources/{source_id}/webhook",
+    )
+    .await
 }
 
 async fn accept_batch(
@@ -370,7 +439,7 @@ async fn accept_batch(
     let checked: Vec<_> = items.iter().map(|v| validate(app, source, v)).collect();
     let outcomes = futures::future::join_all(checked.iter().map(|c| async {
         match c {
-            Ok(event) => Some(publish(app, source, event, &trace).await),
+            Ok(event) => Some(publish(app, source, event, &trace.context).await),
             Err(_) => None,
         }
     }))
@@ -396,10 +465,12 @@ async fn accept_batch(
         })
         .collect();
     if let Some(reason) = failure {
+        trace.end("/v1/events/batch", StatusCode::SERVICE_UNAVAILABLE);
         return Err(ApiError::Unavailable {
             reason,
             results: Some(Value::Array(results)),
         });
     }
+    trace.end("/v1/events/batch", StatusCode::OK);
     Ok((StatusCode::OK, Json(json!({"results": results}))).into_response())
 }

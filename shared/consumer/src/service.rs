@@ -38,7 +38,16 @@ pub fn announce_dry_run(service: &str, destination: &str, required: &[(&str, boo
 }
 
 /// Builds the sender and runs it until SIGINT/SIGTERM; returns the exit code.
-pub async fn run<A: Adapter>(service: &str, runtime: RuntimeSettings, adapter: A) -> ExitCode {
+pub async fn run<A: Adapter>(
+    service: &'static str,
+    runtime: RuntimeSettings,
+    adapter: A,
+) -> ExitCode {
+    match leadpipe_telemetry::otel::init(service) {
+        Ok(true) => tracing::info!("exporting spans over OTLP"),
+        Ok(false) => {}
+        Err(e) => return config_error(service, &e),
+    }
     let shutdown = leadpipe_telemetry::shutdown::on_signal();
     let sender = match Sender::build(runtime, adapter, shutdown.clone()).await {
         Ok(s) => s,
@@ -49,7 +58,10 @@ pub async fn run<A: Adapter>(service: &str, runtime: RuntimeSettings, adapter: A
         }
     };
     tracing::info!(metrics_addr = %sender.metrics_addr(), "{service} started");
-    match sender.run_until_stopped(shutdown).await {
+    let stopped = sender.run_until_stopped(shutdown).await;
+    // Spans still buffered are exported before the process ends.
+    let _ = tokio::task::spawn_blocking(leadpipe_telemetry::otel::shutdown).await;
+    match stopped {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error.cause_chain = ?e, error.message = %e, "{service} stopped on error");

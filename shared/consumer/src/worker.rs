@@ -10,7 +10,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use std::panic::AssertUnwindSafe;
@@ -28,6 +28,7 @@ use leadpipe_bus::topology::tier_for;
 use leadpipe_bus::{OutgoingMessage, Publisher};
 use leadpipe_db::DeliveryStatus;
 use leadpipe_events::Envelope;
+use leadpipe_telemetry::otel;
 use leadpipe_telemetry::traceparent::TraceParent;
 
 use crate::adapter::{Adapter, Awaiting, Item, Verdict};
@@ -270,6 +271,7 @@ async fn process_batch<A: Adapter>(
     batch: Vec<Delivery>,
 ) -> anyhow::Result<()> {
     let now = Utc::now();
+    let batch_started = SystemTime::now();
     let mut slots: Vec<Slot> = batch
         .into_iter()
         .map(|delivery| {
@@ -352,6 +354,7 @@ async fn process_batch<A: Adapter>(
     let mut outcomes: HashMap<usize, Outcome> = HashMap::new();
     let mut to_send: Vec<(usize, Item<A::Prepared>)> = Vec::new();
     let mut to_poll: Vec<(usize, Awaiting)> = Vec::new();
+    let mut traces: HashMap<usize, EventTrace> = HashMap::new();
     // In arrival order: a CRM must see a lead before its won.
     let mut order: Vec<(&String, usize)> = first_of.iter().map(|(id, &i)| (id, i)).collect();
     order.sort_unstable_by_key(|&(_, i)| i);
@@ -388,19 +391,25 @@ async fn process_batch<A: Adapter>(
                 Prepared::Done(outcome) => {
                     outcomes.insert(i, outcome);
                 }
-                Prepared::Send(prepared) => to_send.push((
-                    i,
-                    Item {
-                        event_id: id.clone(),
-                        prepared,
-                        traceparent: header_str(
-                            slot.delivery.properties.headers().as_ref(),
-                            headers::TRACEPARENT,
-                        )
-                        .and_then(|t| TraceParent::parse(&t))
-                        .map(|t| t.child().to_string()),
-                    },
-                )),
+                Prepared::Send(prepared) => {
+                    let trace = header_str(
+                        slot.delivery.properties.headers().as_ref(),
+                        headers::TRACEPARENT,
+                    )
+                    .and_then(|t| TraceParent::parse(&t))
+                    .map(EventTrace::continuing);
+                    to_send.push((
+                        i,
+                        Item {
+                            event_id: id.clone(),
+                            prepared,
+                            traceparent: trace.as_ref().map(|t| t.call.to_string()),
+                        },
+                    ));
+                    if let Some(trace) = trace {
+                        traces.insert(i, trace);
+                    }
+                }
             }
         } else {
             // Not returned by the claim nor found: treat as busy briefly (raced a delete).
@@ -419,12 +428,26 @@ async fn process_batch<A: Adapter>(
         let rest = to_send.split_off(to_send.len().min(chunk));
         let (indexes, items): (Vec<usize>, Vec<Item<A::Prepared>>) = to_send.into_iter().unzip();
         let started = Instant::now();
+        let sent_at = SystemTime::now();
         let results = shared.adapter.send(items).await;
         shared
             .metrics
             .request_seconds
             .observe(started.elapsed().as_secs_f64());
         debug_assert_eq!(results.len(), indexes.len());
+        if otel::enabled() {
+            let answered_at = SystemTime::now();
+            for (i, outcome) in indexes.iter().zip(&results) {
+                if let (Some(trace), Some(env)) = (traces.get(i), &slots[*i].envelope) {
+                    trace.export(
+                        shared.destination(),
+                        &env.event_id,
+                        outcome,
+                        (batch_started, sent_at, answered_at),
+                    );
+                }
+            }
+        }
         for (i, outcome) in indexes.into_iter().zip(results) {
             outcomes.insert(i, outcome);
         }
@@ -603,6 +626,69 @@ async fn process_batch<A: Adapter>(
         shared.pause(&reason);
     }
     Ok(())
+}
+
+/// The spans of one event at this sender: its consume (continuing the publish that put it on
+/// the bus) and the destination call (whose `traceparent` the request carries).
+struct EventTrace {
+    /// The `traceparent` the message came with (the publish span).
+    incoming: TraceParent,
+    consume: TraceParent,
+    call: TraceParent,
+}
+
+impl EventTrace {
+    fn continuing(incoming: TraceParent) -> Self {
+        let consume = incoming.child();
+        let call = consume.child();
+        Self {
+            incoming,
+            consume,
+            call,
+        }
+    }
+
+    /// Exports both spans: consume from the batch's start to the answer, the call from the
+    /// request to the answer.
+    fn export(
+        &self,
+        destination: &str,
+        event_id: &str,
+        outcome: &Outcome,
+        (started, sent, answered): (SystemTime, SystemTime, SystemTime),
+    ) {
+        let result = match outcome {
+            Outcome::Sent { .. } => "sent",
+            Outcome::Accepted { .. } => "accepted",
+            Outcome::DryRun { .. } => "dry_run",
+            Outcome::Retry { .. } => "retry",
+            Outcome::Permanent(_) => "permanent",
+            Outcome::Systemic(_) => "systemic",
+            Outcome::BlockedConsent => "blocked_consent",
+            Outcome::Unmapped => "skipped_unmapped",
+            Outcome::Expired => "expired",
+        };
+        otel::Span::start_at(
+            format!("consume leadpipe.{destination}"),
+            otel::Kind::Consumer,
+            &self.consume,
+            Some(&self.incoming.parent_id),
+            started,
+        )
+        .attribute("messaging.message.id", event_id.to_owned())
+        .attribute("leadpipe.destination", destination)
+        .end_at(answered);
+        otel::Span::start_at(
+            format!("send {destination}"),
+            otel::Kind::Client,
+            &self.call,
+            Some(&self.consume.parent_id),
+            sent,
+        )
+        .attribute("leadpipe.destination", destination)
+        .attribute("leadpipe.result", result)
+        .end_at(answered);
+    }
 }
 
 /// How long a batch's outcome is written again while the database is away, before its

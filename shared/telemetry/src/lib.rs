@@ -4,12 +4,14 @@
 //! # Layout
 //! - [`init`]: JSON (or pretty, for local use) logs with `RUST_LOG` overriding the default.
 //! - [`traceparent`]: W3C `traceparent` values carried in HTTP and AMQP headers.
+//! - [`otel`]: OTLP export of the journey's spans when `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
 //! - [`metrics`]: Prometheus text exposition of a service's own registry.
 //! - [`shutdown`]: a token cancelled on SIGINT or SIGTERM.
 
 #![forbid(unsafe_code)]
 
 pub mod metrics;
+pub mod otel;
 pub mod shutdown;
 pub mod traceparent;
 
