@@ -9,7 +9,7 @@ run: export LEADPIPE_NAMESPACE ?= leadpipe
 run: export INGEST_ADDR ?= 127.0.0.1:8080
 run: export LOG_FORMAT ?= pretty
 
-.PHONY: run test e2e fuzz services build release lint fmt bench clean-namespaces help
+.PHONY: run test e2e fuzz services build release lint fmt bench soak clean-namespaces help
 
 help:
 	@echo "make run    - build and run the pipeline against local RabbitMQ/Postgres"
@@ -17,6 +17,7 @@ help:
 	@echo "make e2e    - the whole pipeline with 20,000 events (E2E_EVENTS to change)"
 	@echo "make fuzz   - property-based fuzzing of the parser and the webhook mapper"
 	@echo "make bench  - throughput/latency/RSS benchmarks with the broker's own ceiling"
+	@echo "make soak   - the whole pipeline at 2,000 events/s for 10 minutes (SOAK_SECS, PIPELINE_RATE)"
 
 ## Start RabbitMQ and PostgreSQL if needed (installed-but-stopped, or docker compose).
 services:
@@ -62,3 +63,10 @@ bench: services
 	$(CARGO) build --release --workspace --bins
 	$(CARGO) bench -p leadpipe-tests --bench ingest
 	$(CARGO) bench -p leadpipe-tests --bench senders
+	PIPELINE_SECS=$${PIPELINE_SECS:-60} $(CARGO) bench -p leadpipe-tests --bench pipeline
+
+## The whole pipeline at a steady rate for 10 minutes (SOAK_SECS, PIPELINE_RATE): lag p99
+## by minute, memory of every service at start and end.
+soak: services
+	$(CARGO) build --release --workspace --bins
+	PIPELINE_SECS=$${SOAK_SECS:-600} $(CARGO) bench -p leadpipe-tests --bench pipeline

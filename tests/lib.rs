@@ -586,6 +586,9 @@ pub fn bin_path(name: &str) -> PathBuf {
     path
 }
 
+#[path = "support/bench.rs"]
+pub mod bench;
+
 #[path = "support/otlp.rs"]
 pub mod otlp;
 

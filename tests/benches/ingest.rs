@@ -17,8 +17,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueuePurgeOptions};
-use lapin::{BasicProperties, Channel};
+use lapin::Channel;
+use lapin::options::QueuePurgeOptions;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -26,7 +26,8 @@ use tokio::net::TcpStream;
 use leadpipe_bus::Names;
 use leadpipe_bus::topology::{self, TopologySettings};
 use leadpipe_events::{Envelope, SCHEMA_VERSION, ValidationContext};
-use leadpipe_tests::{Broker, amqp_url, bin_path, unique_namespace};
+use leadpipe_tests::bench::{bare_publisher, memory_mib, ms, percentile, release_bin};
+use leadpipe_tests::{Broker, amqp_url, unique_namespace};
 
 const SECRET: &str = "bench-secret";
 const RUN: Duration = Duration::from_secs(6);
@@ -51,80 +52,12 @@ fn event(i: usize) -> Value {
     })
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
 async fn purge(channel: &Channel, names: &Names) {
     for q in names.all_queues() {
         let _ = channel
             .queue_purge(q.as_str().into(), QueuePurgeOptions::default())
             .await;
     }
-}
-
-/// The broker's ceiling: confirmed publishes of `body`, `IN_FLIGHT` outstanding at a time.
-async fn bare_publisher(names: &Names, body: &[u8]) -> f64 {
-    let conn = leadpipe_bus::connect(&amqp_url(), "bench-bare")
-        .await
-        .unwrap();
-    let channel = conn.create_channel().await.unwrap();
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
-    let exchange = names.events_exchange();
-    let sent = Arc::new(AtomicUsize::new(0));
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for w in 0..IN_FLIGHT {
-        let (channel, exchange, body, sent) = (
-            channel.clone(),
-            exchange.clone(),
-            body.to_vec(),
-            sent.clone(),
-        );
-        tasks.push(tokio::spawn(async move {
-            let mut i = 0usize;
-            while started.elapsed() < RUN {
-                let confirm = channel
-                    .basic_publish(
-                        exchange.as_str().into(),
-                        "lead.bench".into(),
-                        BasicPublishOptions {
-                            mandatory: true,
-                            ..Default::default()
-                        },
-                        &body,
-                        BasicProperties::default()
-                            .with_delivery_mode(2)
-                            .with_content_type("application/json".into())
-                            .with_message_id(format!("bare-{w}-{i}").into()),
-                    )
-                    .await
-                    .unwrap()
-                    .await
-                    .unwrap();
-                assert!(confirm.is_ack());
-                if started.elapsed() > WARMUP {
-                    sent.fetch_add(1, Ordering::Relaxed);
-                }
-                i += 1;
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let _ = conn.close(200, "done".into()).await;
-    sent.load(Ordering::Relaxed) as f64 / (RUN - WARMUP).as_secs_f64()
 }
 
 struct Load {
@@ -313,26 +246,6 @@ async fn open_loop(addr: std::net::SocketAddr, bodies: &Arc<Vec<Vec<u8>>>, rate:
     }
 }
 
-fn peak_rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(f64::NAN)
-}
-
-fn release_bin(name: &str) -> std::path::PathBuf {
-    let path = bin_path(name);
-    assert!(
-        path.to_string_lossy().contains("/release/"),
-        "run the benchmark with `make bench` (release build)"
-    );
-    path
-}
-
 #[tokio::main]
 async fn main() {
     let names = Names::new(unique_namespace("bench"));
@@ -372,7 +285,7 @@ async fn main() {
         names.namespace()
     );
 
-    let ceiling = bare_publisher(&names, &envelope).await;
+    let ceiling = bare_publisher(&names, &envelope, IN_FLIGHT, RUN, WARMUP).await;
     purge(&broker.channel, &names).await;
     println!(
         "\nbare confirmed publisher ({IN_FLIGHT} in flight, 4 quorum queues): {ceiling:.0} msg/s"
@@ -440,7 +353,7 @@ async fn main() {
     }
     let half = open_loop(addr, &bodies, peak / 2.0).await;
     purge(&broker.channel, &names).await;
-    let rss = peak_rss_mib(pid);
+    let rss = memory_mib(pid, "VmHWM");
     let _ = child.kill().await;
 
     println!(

@@ -53,6 +53,8 @@ struct Inner {
     /// `GET /{version}/{pixel}` reads: (fields asked, status answered).
     reads: Vec<(String, u16)>,
     storm: crate::storm::Storm,
+    /// Keep counts only (benchmarks): no request bodies, no event copies.
+    lean: bool,
 }
 
 /// The fake's handle.
@@ -205,7 +207,9 @@ async fn events(
         for e in data {
             let id = e["event_id"].as_str().unwrap_or_default().to_owned();
             *g.accepted.entry(id.clone()).or_default() += 1;
-            g.events.insert(id, e.clone());
+            if !g.lean {
+                g.events.insert(id, e.clone());
+            }
         }
         (
             200,
@@ -213,12 +217,14 @@ async fn events(
             None,
         )
     })();
-    g.requests.push(Received {
-        at: Instant::now(),
-        body,
-        status,
-        traceparent,
-    });
+    if !g.lean {
+        g.requests.push(Received {
+            at: Instant::now(),
+            body,
+            status,
+            traceparent,
+        });
+    }
     drop(g);
     let mut headers = HeaderMap::new();
     if let Some(s) = retry_after {
@@ -276,6 +282,11 @@ impl FakeMeta {
     /// Accept only `token` from now on.
     pub fn set_token(&self, token: &str) {
         self.inner.lock().unwrap().token = token.to_owned();
+    }
+
+    /// Keep counts only, not request bodies (a long benchmark's memory).
+    pub fn set_lean(&self) {
+        self.inner.lock().unwrap().lean = true;
     }
 
     /// Every `n`-th request fails with 503 (a destination storm; 0: none).

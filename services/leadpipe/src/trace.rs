@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use chrono::{DateTime, Utc};
 
+use leadpipe_bus::Destination;
 use leadpipe_config::DatabaseSettings;
 
 type Row = (
@@ -24,7 +25,14 @@ pub(crate) async fn run(event_id: &str) -> anyhow::Result<ExitCode> {
     let rows: Vec<Row> = sqlx::query_as(
         "SELECT destination, status, attempts, last_http_status, last_error_code,
                 last_error_message, destination_ref, first_seen_at, updated_at
-         FROM deliveries WHERE event_id = $1 ORDER BY destination",
+         FROM deliveries WHERE destination = ANY($1) AND event_id = $2 ORDER BY destination",
+    )
+    // Every destination named, so the lookup is one probe of the primary key per destination.
+    .bind(
+        Destination::ALL
+            .iter()
+            .map(|d| d.as_str())
+            .collect::<Vec<_>>(),
     )
     .bind(event_id)
     .fetch_all(&pool)

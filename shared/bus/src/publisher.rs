@@ -1,11 +1,18 @@
 //! A confirmed publisher that survives the broker going away.
 //!
 //! A supervisor task owns the connection: it connects, declares the topology, opens a few
-//! channels in confirm mode and spreads publishes over them; when the connection fails it drops the channel
-//! (so [`Publisher::is_ready`] turns false at once) and reconnects with capped exponential
-//! backoff, without a restart of the service. Every publish sets `mandatory` and awaits its own
-//! confirm within a deadline: `Ok` means the broker has the message on every queue it routes
-//! to; anything else is an error the caller must report as "not accepted".
+//! channels in confirm mode, each drained by one publishing task (a lane); when the connection
+//! fails it drops the lanes (so [`Publisher::is_ready`] turns false at once) and reconnects
+//! with capped exponential backoff, without a restart of the service. Every publish sets
+//! `mandatory` and awaits its own confirm within a deadline: `Ok` means the broker has the
+//! message on every queue it routes to; anything else is an error the caller must report as
+//! "not accepted".
+//!
+//! A lane takes every message waiting for it at once (a burst), hands the whole burst to the
+//! channel in one go and awaits the burst's confirms together, then answers each caller: one
+//! wake-up of the connection's I/O loop and of the lane per burst instead of several per
+//! message, which is what lets ingest keep up with the broker. No caller is answered before
+//! its own message's confirm.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -15,7 +22,7 @@ use futures::StreamExt;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Confirmation, Connection};
-use tokio::sync::{Notify, RwLock};
+use tokio::sync::{Notify, RwLock, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::names::Names;
@@ -128,10 +135,22 @@ pub struct Publisher {
     inner: Arc<Inner>,
 }
 
+/// One message handed to a lane, with where its outcome goes.
+struct Job {
+    exchange: String,
+    routing_key: String,
+    body: Vec<u8>,
+    properties: BasicProperties,
+    reply: oneshot::Sender<Result<(), PublishError>>,
+}
+
+/// Most messages a lane publishes as one burst.
+const BURST: usize = 256;
+
 struct Inner {
     settings: PublisherSettings,
     names: Names,
-    channels: RwLock<Vec<Channel>>,
+    lanes: RwLock<Vec<mpsc::Sender<Job>>>,
     next: AtomicUsize,
     ready: AtomicBool,
     /// Woken when a publish finds the channel broken, so the supervisor reconnects at once.
@@ -148,7 +167,7 @@ impl Publisher {
         let inner = Arc::new(Inner {
             settings,
             names,
-            channels: RwLock::new(Vec::new()),
+            lanes: RwLock::new(Vec::new()),
             next: AtomicUsize::new(0),
             ready: AtomicBool::new(false),
             broken: Notify::new(),
@@ -190,51 +209,92 @@ impl Publisher {
 
     /// Publishes `msg` with `mandatory` and waits for the broker's confirm.
     pub async fn publish(&self, msg: &OutgoingMessage<'_>) -> Result<(), PublishError> {
-        let channel = {
-            let channels = self.inner.channels.read().await;
-            if channels.is_empty() {
+        let lane = {
+            let lanes = self.inner.lanes.read().await;
+            if lanes.is_empty() {
                 return Err(PublishError::NotConnected);
             }
-            let i = self.inner.next.fetch_add(1, Ordering::Relaxed) % channels.len();
-            channels[i].clone()
+            let i = self.inner.next.fetch_add(1, Ordering::Relaxed) % lanes.len();
+            lanes[i].clone()
+        };
+        let (reply, answer) = oneshot::channel();
+        let job = Job {
+            exchange: msg.exchange.to_owned(),
+            routing_key: msg.routing_key.to_owned(),
+            body: msg.body.to_vec(),
+            properties: msg.properties(),
+            reply,
         };
         let deadline = self.inner.settings.confirm_timeout;
-        let result = tokio::time::timeout(deadline, async {
-            let confirm = channel
-                .basic_publish(
-                    msg.exchange.into(),
-                    msg.routing_key.into(),
-                    BasicPublishOptions {
-                        mandatory: true,
-                        ..BasicPublishOptions::default()
-                    },
-                    msg.body,
-                    msg.properties(),
-                )
-                .await?
-                .await?;
-            Ok::<_, PublishError>(confirm)
+        let outcome = tokio::time::timeout(deadline, async {
+            // A closed lane, or one that drops the job: the connection is being replaced.
+            lane.send(job)
+                .await
+                .map_err(|_| PublishError::NotConnected)?;
+            answer.await.map_err(|_| PublishError::NotConnected)?
         })
         .await;
-        match result {
-            Ok(Ok(Confirmation::Ack(None))) => Ok(()),
-            Ok(Ok(Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned)))) => {
-                Err(PublishError::Unroutable(format!(
-                    "{} {}",
-                    returned.reply_code, returned.reply_text
-                )))
+        outcome.unwrap_or(Err(PublishError::Timeout(deadline)))
+    }
+}
+
+/// Drains `jobs` in bursts onto `channel` until the publisher drops the lane.
+async fn lane(inner: Arc<Inner>, channel: Channel, mut jobs: mpsc::Receiver<Job>) {
+    let mut burst = Vec::with_capacity(BURST);
+    while jobs.recv_many(&mut burst, BURST).await > 0 {
+        let options = BasicPublishOptions {
+            mandatory: true,
+            ..BasicPublishOptions::default()
+        };
+        // Every message of the burst goes to the channel before any is awaited: the I/O loop
+        // writes them together.
+        let published = futures::future::join_all(burst.iter().map(|job| {
+            channel.basic_publish(
+                job.exchange.as_str().into(),
+                job.routing_key.as_str().into(),
+                options,
+                &job.body,
+                job.properties.clone(),
+            )
+        }))
+        .await;
+        let mut confirms = Vec::with_capacity(published.len());
+        for (job, sent) in burst.drain(..).zip(published) {
+            match sent {
+                Ok(confirm) => confirms.push((confirm, job.reply)),
+                Err(e) => {
+                    inner.broken.notify_one();
+                    let _ = job.reply.send(Err(e.into()));
+                }
             }
-            Ok(Ok(Confirmation::Nack(None))) => Err(PublishError::Nacked),
-            Ok(Ok(Confirmation::NotRequested)) => {
-                // Only a channel without confirm mode answers this; never ours, but never a 202.
-                self.inner.broken.notify_one();
-                Err(PublishError::NotConnected)
+        }
+        // The confirms are awaited aside, so the next burst goes out meanwhile.
+        let inner = inner.clone();
+        tokio::spawn(async move {
+            for (confirm, reply) in confirms {
+                let outcome = settle(&inner, confirm.await);
+                let _ = reply.send(outcome);
             }
-            Ok(Err(e)) => {
-                self.inner.broken.notify_one();
-                Err(e)
-            }
-            Err(_) => Err(PublishError::Timeout(deadline)),
+        });
+    }
+}
+
+/// What a confirm means for the caller.
+fn settle(inner: &Inner, confirm: lapin::Result<Confirmation>) -> Result<(), PublishError> {
+    match confirm {
+        Ok(Confirmation::Ack(None)) => Ok(()),
+        Ok(Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned))) => Err(
+            PublishError::Unroutable(format!("{} {}", returned.reply_code, returned.reply_text)),
+        ),
+        Ok(Confirmation::Nack(None)) => Err(PublishError::Nacked),
+        Ok(Confirmation::NotRequested) => {
+            // Only a channel without confirm mode answers this; never ours, but never a 202.
+            inner.broken.notify_one();
+            Err(PublishError::NotConnected)
+        }
+        Err(e) => {
+            inner.broken.notify_one();
+            Err(e.into())
         }
     }
 }
@@ -246,7 +306,13 @@ async fn supervise(inner: Arc<Inner>, shutdown: CancellationToken) {
             Ok((conn, channels)) => {
                 delay = inner.settings.min_reconnect_delay;
                 let mut events = conn.events_listener();
-                *inner.channels.write().await = channels.clone();
+                let mut lanes = Vec::with_capacity(channels.len());
+                for channel in &channels {
+                    let (tx, rx) = mpsc::channel(BURST * 4);
+                    tokio::spawn(lane(inner.clone(), channel.clone(), rx));
+                    lanes.push(tx);
+                }
+                *inner.lanes.write().await = lanes;
                 inner.ready.store(true, Ordering::Release);
                 inner.connects.fetch_add(1, Ordering::AcqRel);
                 inner.changed.notify_waiters();
@@ -272,7 +338,8 @@ async fn supervise(inner: Arc<Inner>, shutdown: CancellationToken) {
                     }
                 };
                 inner.ready.store(false, Ordering::Release);
-                inner.channels.write().await.clear();
+                // Dropping the senders ends the lanes once they have drained.
+                inner.lanes.write().await.clear();
                 inner.changed.notify_waiters();
                 if stop {
                     // Let in-flight confirms land, then close politely.
