@@ -256,6 +256,17 @@ impl TestIngest {
     }
 }
 
+/// `request` carrying `body` as the test source sends it: JSON, signed now.
+pub fn signed(request: reqwest::RequestBuilder, body: Vec<u8>) -> reqwest::RequestBuilder {
+    let ts = chrono::Utc::now().timestamp();
+    request
+        .header("content-type", "application/json")
+        .header("x-leadpipe-source", TEST_SOURCE)
+        .header("x-leadpipe-timestamp", ts.to_string())
+        .header("x-leadpipe-signature", sign(TEST_SECRET, ts, &body))
+        .body(body)
+}
+
 /// `sha256=<hex>` of `"<ts>.<body>"`.
 pub fn sign(secret: &str, ts: i64, body: &[u8]) -> String {
     leadpipe_ingest::auth::sign(secret.as_bytes(), ts, body)

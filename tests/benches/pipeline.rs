@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use leadpipe_bus::{Destination, Names};
 use leadpipe_tests::bench::{bare_publisher, cpu_seconds, memory_mib, ms, percentile, pids_named};
 use leadpipe_tests::stream::{Processes, event};
-use leadpipe_tests::{Broker, Pipeline, TEST_SECRET, TEST_SOURCE, sign};
+use leadpipe_tests::{Broker, Pipeline, signed};
 
 const WORKERS: usize = 256;
 const WARMUP: Duration = Duration::from_secs(10);
@@ -175,15 +175,8 @@ async fn main() {
                 let now = chrono::Utc::now();
                 let (e, _) = event(i, now - chrono::Duration::milliseconds(i as i64));
                 let body = serde_json::to_vec(&e).unwrap();
-                let ts = now.timestamp();
                 let t = Instant::now();
-                let answer = http
-                    .post(format!("{base}/v1/events"))
-                    .header("content-type", "application/json")
-                    .header("x-leadpipe-source", TEST_SOURCE)
-                    .header("x-leadpipe-timestamp", ts.to_string())
-                    .header("x-leadpipe-signature", sign(TEST_SECRET, ts, &body))
-                    .body(body)
+                let answer = signed(http.post(format!("{base}/v1/events")), body)
                     .send()
                     .await;
                 match answer {

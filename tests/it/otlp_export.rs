@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use leadpipe_tests::otlp::{OtlpReceiver, ReceivedSpan};
 use leadpipe_tests::stream::Processes;
-use leadpipe_tests::{Pipeline, TEST_SECRET, TEST_SOURCE, eventually, recent_lead, sign};
+use leadpipe_tests::{Pipeline, eventually, recent_lead, signed};
 
 #[tokio::test]
 async fn one_trace_spans_the_ingest_request_the_sender_and_the_destination_request() {
@@ -21,20 +21,12 @@ async fn one_trace_spans_the_ingest_request_the_sender_and_the_destination_reque
     let trace_id = "0af7651916cd43dd8448eb211c80319c";
     let caller_span = "b7ad6b7169203331";
     let body = serde_json::to_vec(&recent_lead("L-otlp")).unwrap();
-    let ts = chrono::Utc::now().timestamp();
 
     // Act: a lead posted with its caller's traceparent.
-    let response = reqwest::Client::new()
+    let request = reqwest::Client::new()
         .post(format!("{}/v1/events", run.ingest.base))
-        .header("content-type", "application/json")
-        .header("x-leadpipe-source", TEST_SOURCE)
-        .header("x-leadpipe-timestamp", ts.to_string())
-        .header("x-leadpipe-signature", sign(TEST_SECRET, ts, &body))
-        .header("traceparent", format!("00-{trace_id}-{caller_span}-01"))
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+        .header("traceparent", format!("00-{trace_id}-{caller_span}-01"));
+    let response = signed(request, body).send().await.unwrap();
     assert_eq!(response.status(), 202);
     assert!(
         eventually(Duration::from_secs(30), || async {

@@ -57,24 +57,13 @@ async fn the_ingest_requests_trace_reaches_each_destination_call() {
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let caller = format!("00-{trace_id}-00f067aa0ba902b7-01");
     let body = serde_json::to_vec(&leadpipe_tests::recent_lead("L-trace")).unwrap();
-    let ts = chrono::Utc::now().timestamp();
 
     // Act
-    let response = ingest
+    let request = ingest
         .http
         .post(format!("{}/v1/events", ingest.base))
-        .header("content-type", "application/json")
-        .header("x-leadpipe-source", leadpipe_tests::TEST_SOURCE)
-        .header("x-leadpipe-timestamp", ts.to_string())
-        .header(
-            "x-leadpipe-signature",
-            leadpipe_tests::sign(leadpipe_tests::TEST_SECRET, ts, &body),
-        )
-        .header("traceparent", &caller)
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+        .header("traceparent", &caller);
+    let response = leadpipe_tests::signed(request, body).send().await.unwrap();
     assert_eq!(response.status(), 202);
     let id = response.json::<Value>().await.unwrap()["event_id"]
         .as_str()

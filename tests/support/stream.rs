@@ -21,7 +21,7 @@ use leadpipe_bus::Destination;
 
 use crate::fake_google::CLICK_NOT_FOUND;
 use crate::fake_meta::REJECTED_EMAIL;
-use crate::{Pipeline, TEST_SECRET, TEST_SOURCE, eventually, sign};
+use crate::{Pipeline, TEST_SOURCE, eventually, signed};
 
 /// What the stream holds for each event it generated.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -203,17 +203,8 @@ impl Driver {
         let batch = &stream.batches[index];
         let body: Vec<&Value> = batch.iter().map(|(e, _)| e).collect();
         let body = serde_json::to_vec(&body).unwrap();
-        let ts = chrono::Utc::now().timestamp();
-        let answer = self
-            .http
-            .post(format!("{}/v1/events/batch", self.base))
-            .header("content-type", "application/json")
-            .header("x-leadpipe-source", TEST_SOURCE)
-            .header("x-leadpipe-timestamp", ts.to_string())
-            .header("x-leadpipe-signature", sign(TEST_SECRET, ts, &body))
-            .body(body)
-            .send()
-            .await;
+        let request = self.http.post(format!("{}/v1/events/batch", self.base));
+        let answer = signed(request, body).send().await;
         let response = match answer {
             Ok(r) if r.status() == 200 => r,
             Ok(r) if r.status() == 503 || r.status() == 429 => {
