@@ -14,7 +14,7 @@ run: export LOG_FORMAT ?= pretty
 help:
 	@echo "make run    - build and run the pipeline against local RabbitMQ/Postgres"
 	@echo "make test   - formatting, lints, unit and integration tests"
-	@echo "make e2e    - the whole pipeline with 20,000 events (E2E_EVENTS to change)"
+	@echo "make e2e    - the whole pipeline as processes with 20,000 events (E2E_EVENTS to change)"
 	@echo "make fuzz   - property-based fuzzing of the parser and the webhook mapper"
 	@echo "make bench  - throughput/latency/RSS benchmarks with the broker's own ceiling"
 	@echo "make soak   - the whole pipeline at 2,000 events/s for 10 minutes (SOAK_SECS, PIPELINE_RATE)"
