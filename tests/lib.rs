@@ -1247,10 +1247,11 @@ impl Pipeline {
         assert!(ok, "wanted {n} rows {status}, have {}", count().await);
     }
 
-    /// Stops the publisher, deletes the namespace and drops the database.
+    /// Stops the publisher, deletes the namespace (through a connection of its own: the
+    /// pipeline's may have died with a broker restart) and drops the database.
     pub async fn cleanup(self) {
         self.shutdown.cancel();
-        self.broker.delete().await;
+        Broker::connect(self.names.clone()).await.delete().await;
         self.pool.close().await;
         drop_database(&self.database_url).await;
     }

@@ -11,7 +11,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use leadpipe_tests::stream::{Driver, Posted, Processes, Repeats, Stream, check};
-use leadpipe_tests::{Broker, Pipeline, SenderOptions, TestSender, eventually, recent_lead};
+use leadpipe_tests::{Pipeline, SenderOptions, TestSender, eventually, recent_lead};
 
 /// One restart at a time: the tests of this binary would otherwise restart things under each
 /// other.
@@ -39,6 +39,14 @@ async fn rabbitmqctl(args: &[&str]) {
         .await
         .expect("rabbitmqctl runs");
     assert!(status.success(), "rabbitmqctl {args:?} failed");
+}
+
+/// Starts the broker's application again and waits until it serves; the guard is no longer
+/// needed after that.
+async fn start_app(guard: StartAppOnDrop) {
+    rabbitmqctl(&["start_app"]).await;
+    rabbitmqctl(&["await_startup", "--timeout", "60"]).await;
+    drop(guard);
 }
 
 /// 300 leads (ids from `prefix`) and meta-sender working through them against a slowish
@@ -74,9 +82,7 @@ async fn a_broker_restart_mid_stream_loses_nothing_and_sends_nothing_twice() {
     // Act: the broker goes away and comes back while batches are in flight.
     let guard = StartAppOnDrop;
     rabbitmqctl(&["stop_app"]).await;
-    rabbitmqctl(&["start_app"]).await;
-    rabbitmqctl(&["await_startup", "--timeout", "60"]).await;
-    drop(guard);
+    start_app(guard).await;
 
     // Assert: the sender reconnects by itself; every event sent exactly once (a batch whose
     // ack was lost comes back and is acked as a duplicate, not sent again).
@@ -95,8 +101,6 @@ async fn a_broker_restart_mid_stream_loses_nothing_and_sends_nothing_twice() {
         "the sender did not report ready again"
     );
     sender.stop().await;
-    // The test's own broker connection died with the restart: clean up through a new one.
-    Broker::connect(p.names.clone()).await.delete().await;
     p.cleanup().await;
 }
 
@@ -123,13 +127,8 @@ impl Drop for StartPostgresOnDrop {
     }
 }
 
-#[tokio::test]
-async fn a_database_restart_mid_stream_loses_nothing_and_sends_nothing_twice() {
-    let _turn = ONE_AT_A_TIME.lock().await;
-    // Arrange
-    let (p, ids, sender) = stream_under_way("L-pg").await;
-
-    // Act: PostgreSQL restarts while batches are claimed and in flight.
+/// Restarts the PostgreSQL cluster (started again even if the restart fails half-way).
+async fn restart_postgres() {
     let version = pg_version();
     let guard = StartPostgresOnDrop(version.clone());
     let status = tokio::process::Command::new("pg_ctlcluster")
@@ -139,6 +138,16 @@ async fn a_database_restart_mid_stream_loses_nothing_and_sends_nothing_twice() {
         .expect("pg_ctlcluster runs");
     assert!(status.success(), "PostgreSQL did not restart");
     drop(guard);
+}
+
+#[tokio::test]
+async fn a_database_restart_mid_stream_loses_nothing_and_sends_nothing_twice() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    // Arrange
+    let (p, ids, sender) = stream_under_way("L-pg").await;
+
+    // Act: PostgreSQL restarts while batches are claimed and in flight.
+    restart_postgres().await;
 
     // Assert: a batch sent while the database was away held its deliveries and wrote its
     // outcome once the database was back; the sender reconnects; every event sent, once.
@@ -187,9 +196,7 @@ async fn a_broker_restart_under_the_whole_pipeline_answers_503_then_loses_and_do
         driver.post_once(&stream, rest.start).await,
         Posted::Unavailable
     );
-    rabbitmqctl(&["start_app"]).await;
-    rabbitmqctl(&["await_startup", "--timeout", "60"]).await;
-    drop(guard);
+    start_app(guard).await;
     driver.post(&stream, rest).await;
 
     // Assert: every service reconnected by itself; every check of the calm run holds.
@@ -211,15 +218,7 @@ async fn a_database_restart_under_the_whole_pipeline_loses_and_doubles_nothing()
     let (run, stream, mut driver, rest) = pipeline_under_way().await;
 
     // Act: PostgreSQL restarts while all four senders are claiming and sending.
-    let version = pg_version();
-    let guard = StartPostgresOnDrop(version.clone());
-    let status = tokio::process::Command::new("pg_ctlcluster")
-        .args(["--skip-systemctl-redirect", &version, "main", "restart"])
-        .status()
-        .await
-        .expect("pg_ctlcluster runs");
-    assert!(status.success(), "PostgreSQL did not restart");
-    drop(guard);
+    restart_postgres().await;
     driver.post(&stream, rest).await;
 
     // Assert

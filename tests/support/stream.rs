@@ -548,10 +548,6 @@ impl Processes {
         }
         let _ = self.ingest.child.start_kill();
         let _ = self.ingest.child.wait().await;
-        crate::Broker::connect(self.p.names.clone())
-            .await
-            .delete()
-            .await;
         self.p.cleanup().await;
     }
 }

@@ -17,8 +17,9 @@ pub struct Item<T> {
     pub event_id: String,
     /// What [`Adapter::prepare`] built.
     pub prepared: T,
-    /// The `traceparent` for the destination call: the event's trace (from its message), a
-    /// new span id. A request carrying several events carries its first event's.
+    /// The `traceparent` for the destination call: the event's trace (from its message) under
+    /// the id of the call's own span, the child of this sender's consume span (both exported
+    /// when OTLP export is on). A request carrying several events carries its first event's.
     pub traceparent: Option<String>,
 }
 
