@@ -44,6 +44,7 @@ fmt:
 test: services
 	@command -v promtool >/dev/null || { echo "promtool not found: apt-get install prometheus (make test checks deploy/prometheus/alerts.yml with it)"; exit 1; }
 	promtool check rules deploy/prometheus/alerts.yml
+	promtool test rules deploy/prometheus/alerts.test.yml
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) build --workspace --bins

@@ -883,6 +883,7 @@ impl Pipeline {
         // Backoff stays short in tests: a storm's unlucky event must not wait minutes.
         runtime.retry_max = Duration::from_secs(3);
         runtime.pause_probe_max = Duration::from_millis(300);
+        runtime.dry_run = opts.dry_run;
         runtime
     }
 

@@ -252,14 +252,15 @@ async fn a_receiver_refusing_the_credentials_pauses_the_writer_instead_of_dead_l
     let writer = p.start_crm(SenderOptions::default()).await;
     p.wait_status_in(CRM, &id, "sent", WAIT).await;
 
-    // Assert: the batch went back to the queue (systemic), not to the DLQ, and was written
-    // once the endpoint answered the probe.
+    // Assert: the batch went back to the queue (systemic) as a fresh copy, not to the DLQ,
+    // and was written once the endpoint answered the probe and the trial batch went through.
     let statuses: Vec<u16> = p.crm.deliveries().iter().map(|d| d.status).collect();
     assert_eq!(statuses, [401, 200]);
     assert_eq!(p.dlq_depth(CRM).await, 0);
     let metrics = writer.metrics().await;
     assert!(
-        metrics.contains(r#"leadpipe_deliveries_total{destination="crm",result="requeued"} 1"#),
+        metrics.contains(r#"leadpipe_deliveries_total{destination="crm",result="handed_back"}"#)
+            && !metrics.contains(r#"result="requeued""#),
         "{metrics}"
     );
     writer.stop().await;

@@ -11,26 +11,30 @@ async fn migrations_create_the_delivery_log_and_apply_twice_without_change() {
     leadpipe_db::migrate(&pool).await.unwrap();
 
     // Assert
-    sqlx::query(
-        "INSERT INTO deliveries (destination, event_id, status) VALUES ('meta', 'e1', 'sent')",
-    )
-    .execute(&pool)
-    .await
-    .unwrap();
-    let dup = sqlx::query(
-        "INSERT INTO deliveries (destination, event_id, status) VALUES ('meta', 'e1', 'sent')",
-    )
-    .execute(&pool)
-    .await;
-    assert!(dup.is_err(), "(destination, event_id) must be unique");
+    let insert = |name: &'static str| {
+        sqlx::query(
+            "INSERT INTO deliveries (destination, event_id, event_name, status)
+             VALUES ('meta', 'e1', $1, 'sent')",
+        )
+        .bind(name)
+        .execute(&pool)
+    };
+    insert("lead").await.unwrap();
+    assert!(
+        insert("lead").await.is_err(),
+        "(destination, event_id, event_name) must be unique"
+    );
+    insert("won")
+        .await
+        .expect("one event id under another event name is another delivery");
     let bad_status = sqlx::query(
-        "INSERT INTO deliveries (destination, event_id, status) VALUES ('meta', 'e2', 'lost')",
+        "INSERT INTO deliveries (destination, event_id, event_name, status) VALUES ('meta', 'e2', 'lead', 'lost')",
     )
     .execute(&pool)
     .await;
     assert!(bad_status.is_err(), "unknown statuses must be refused");
     let bad_dest = sqlx::query(
-        "INSERT INTO deliveries (destination, event_id, status) VALUES ('tiktok', 'e3', 'sent')",
+        "INSERT INTO deliveries (destination, event_id, event_name, status) VALUES ('tiktok', 'e3', 'lead', 'sent')",
     )
     .execute(&pool)
     .await;
@@ -68,6 +72,78 @@ async fn the_migrate_command_creates_a_missing_database() {
         .await
         .unwrap();
     assert_eq!(n, 0);
+    pool.close().await;
+    leadpipe_tests::drop_database(&url).await;
+}
+
+#[tokio::test]
+async fn keying_by_event_name_keeps_every_existing_row() {
+    // Arrange: the delivery log as it was before the event name joined the key.
+    let url = format!(
+        "{}/t{}",
+        leadpipe_tests::database_server_url(),
+        uuid::Uuid::new_v4().simple()
+    );
+    let pool = leadpipe_db::connect(&url, 2).await.unwrap();
+    let before: Vec<_> = leadpipe_db::MIGRATOR
+        .iter()
+        .filter(|m| m.version < 20261206000004)
+        .collect();
+    let mut conn = pool.acquire().await.unwrap();
+    for m in &before {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(m.sql.as_str().to_owned()))
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+    }
+    sqlx::query(
+        "INSERT INTO deliveries (destination, event_id, event_name, status, attempts)
+         VALUES ('meta', 'e1', 'lead', 'sent', 1), ('ga4', 'e1', 'lead', 'retrying', 2),
+                ('crm', 'e2', NULL, 'dead_lettered', 3)",
+    )
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    drop(conn);
+
+    // Act: the new migration on top of those rows.
+    let new = leadpipe_db::MIGRATOR
+        .iter()
+        .find(|m| m.version == 20261206000004)
+        .expect("the key migration");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(new.sql.as_str().to_owned()))
+        .execute(&pool)
+        .await
+        .unwrap();
+
+    // Assert
+    let rows: Vec<(String, String, String, String, i32)> = sqlx::query_as(
+        "SELECT destination, event_id, event_name, status, attempts FROM deliveries
+         ORDER BY destination",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        rows,
+        vec![
+            (
+                "crm".into(),
+                "e2".into(),
+                "".into(),
+                "dead_lettered".into(),
+                3
+            ),
+            (
+                "ga4".into(),
+                "e1".into(),
+                "lead".into(),
+                "retrying".into(),
+                2
+            ),
+            ("meta".into(), "e1".into(), "lead".into(), "sent".into(), 1),
+        ]
+    );
     pool.close().await;
     leadpipe_tests::drop_database(&url).await;
 }

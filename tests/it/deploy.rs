@@ -21,6 +21,10 @@ fn registered() -> HashSet<String> {
         Box::new(sender.in_flight),
         Box::new(sender.paused),
         Box::new(sender.ready),
+        Box::new(sender.pauses),
+        Box::new(sender.lost_leases),
+        Box::new(sender.publish_holds),
+        Box::new(sender.dry_run),
     ];
     collectors
         .iter()

@@ -66,7 +66,8 @@ pub struct Settings {
     pub webhook_secret: Option<SecretString>,
     /// `HUBSPOT_ACCESS_TOKEN`, for the hubspot kind.
     pub hubspot_token: Option<SecretString>,
-    /// `DRY_RUN`, or forced when the kind's URL or credentials are absent.
+    /// `DRY_RUN` (only when asked for: without it a missing URL or credential refuses to
+    /// start).
     pub dry_run: bool,
     /// `CRM_TIMEOUT_MS`.
     pub timeout: Duration,
@@ -262,12 +263,13 @@ impl Settings {
             crate::webhook::signing_key(secret)
                 .map_err(|why| ConfigError::invalid("CRM_WEBHOOK_SECRET", why))?;
         }
-        let mut settings = Self {
-            runtime: RuntimeSettings::from_env(Destination::Crm)?,
+        let runtime = RuntimeSettings::from_env(Destination::Crm)?;
+        let settings = Self {
+            dry_run: runtime.dry_run,
+            runtime,
             kind,
             webhook_secret,
             hubspot_token: env::optional("HUBSPOT_ACCESS_TOKEN").map(SecretString::from),
-            dry_run: env::flag("DRY_RUN", false)?,
             timeout: Duration::from_millis(env::parse_or(
                 "CRM_TIMEOUT_MS",
                 15_000u64,
@@ -277,7 +279,7 @@ impl Settings {
             id_property,
             mappings: crm_mappings(&mapping)?,
         };
-        settings.dry_run |= !settings.missing().is_empty();
+        ConfigError::require_unless_dry_run("the CRM", settings.dry_run, &settings.missing())?;
         Ok(settings)
     }
 

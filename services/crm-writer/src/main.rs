@@ -15,9 +15,7 @@ async fn main() -> ExitCode {
         Err(e) => return service::config_error("crm-writer", &e),
     };
     if settings.dry_run {
-        let missing: Vec<(&str, bool)> =
-            settings.missing().into_iter().map(|m| (m, true)).collect();
-        service::announce_dry_run("crm-writer", "the CRM", &missing);
+        service::announce_dry_run("crm-writer", "the CRM", &settings.missing());
     }
     let runtime = settings.runtime.clone();
     service::run("crm-writer", runtime, CrmAdapter::new(settings)).await

@@ -129,7 +129,8 @@ pub struct Settings {
     /// `GA4_VALIDATE`: check each payload with the debug endpoint first and dead-letter what
     /// it rejects.
     pub validate: bool,
-    /// `DRY_RUN`, or forced when the measurement id or secret is absent.
+    /// `DRY_RUN` (only when asked for: without it a missing measurement id or secret refuses
+    /// to start).
     pub dry_run: bool,
     /// `GA4_TIMEOUT_MS`: one request's deadline.
     pub timeout: Duration,
@@ -261,8 +262,16 @@ impl Settings {
             ));
         }
         let api_secret = env::optional("GA4_API_SECRET").map(SecretString::from);
-        let dry_run =
-            env::flag("DRY_RUN", false)? || measurement_id.is_none() || api_secret.is_none();
+        let runtime = RuntimeSettings::from_env(Destination::Ga4)?;
+        let dry_run = runtime.dry_run;
+        let missing: Vec<&str> = [
+            ("GA4_MEASUREMENT_ID", measurement_id.is_none()),
+            ("GA4_API_SECRET", api_secret.is_none()),
+        ]
+        .into_iter()
+        .filter_map(|(k, m)| m.then_some(k))
+        .collect();
+        ConfigError::require_unless_dry_run("GA4", dry_run, &missing)?;
         let concurrent_requests = env::parse_or(
             "GA4_CONCURRENT_REQUESTS",
             DEFAULT_CONCURRENT_REQUESTS,
@@ -284,7 +293,7 @@ impl Settings {
             ));
         }
         Ok(Self {
-            runtime: RuntimeSettings::from_env(Destination::Ga4)?,
+            runtime,
             base_url,
             measurement_id,
             api_secret,

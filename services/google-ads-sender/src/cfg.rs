@@ -85,7 +85,8 @@ pub struct Settings {
     pub client_secret: Option<SecretString>,
     /// `GOOGLE_ADS_REFRESH_TOKEN`.
     pub refresh_token: Option<SecretString>,
-    /// `DRY_RUN`, or forced when credentials, the customer or a conversion action are absent.
+    /// `DRY_RUN` (only when asked for: without it missing credentials, customer or conversion
+    /// action refuse to start).
     pub dry_run: bool,
     /// `GOOGLE_ADS_TIMEOUT_MS`: one request's deadline.
     pub timeout: Duration,
@@ -214,8 +215,10 @@ impl Settings {
         let client_id = env::optional("GOOGLE_ADS_CLIENT_ID");
         let client_secret = env::optional("GOOGLE_ADS_CLIENT_SECRET").map(SecretString::from);
         let refresh_token = env::optional("GOOGLE_ADS_REFRESH_TOKEN").map(SecretString::from);
-        let mut settings = Self {
-            runtime: RuntimeSettings::from_env(Destination::GoogleAds)?,
+        let runtime = RuntimeSettings::from_env(Destination::GoogleAds)?;
+        let settings = Self {
+            dry_run: runtime.dry_run,
+            runtime,
             data_manager_base_url: env::string_or(
                 "GOOGLE_DATA_MANAGER_BASE_URL",
                 DEFAULT_DATA_MANAGER_BASE_URL,
@@ -230,7 +233,6 @@ impl Settings {
             client_id,
             client_secret,
             refresh_token,
-            dry_run: env::flag("DRY_RUN", false)?,
             timeout: Duration::from_millis(env::parse_or(
                 "GOOGLE_ADS_TIMEOUT_MS",
                 30_000u64,
@@ -249,7 +251,7 @@ impl Settings {
             consent: ConsentPolicy::from_env()?,
             mappings,
         };
-        settings.dry_run |= !settings.missing().is_empty();
+        ConfigError::require_unless_dry_run("Google Ads", settings.dry_run, &settings.missing())?;
         Ok(settings)
     }
 

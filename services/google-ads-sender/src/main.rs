@@ -15,9 +15,7 @@ async fn main() -> ExitCode {
         Err(e) => return service::config_error("google-ads-sender", &e),
     };
     if settings.dry_run {
-        let missing = settings.missing();
-        let required: Vec<(&str, bool)> = missing.iter().map(|m| (*m, true)).collect();
-        service::announce_dry_run("google-ads-sender", "Google Ads", &required);
+        service::announce_dry_run("google-ads-sender", "Google Ads", &settings.missing());
     }
     let runtime = settings.runtime.clone();
     service::run(

@@ -285,12 +285,19 @@ pub(crate) async fn replay(
         if replay {
             // Reopen the row first: if the move then fails, the event is still in the DLQ and
             // a reopened row only means the next delivery of it is processed.
+            // The row of this event under its own name (any name, for a body that does not
+            // decode: its redelivery is dead-lettered again as undecodable).
+            let name = serde_json::from_slice::<Envelope>(&m.data)
+                .ok()
+                .map(|e| e.event.name().to_owned());
             sqlx::query(
                 "UPDATE deliveries SET status = 'retrying', updated_at = now()
-                 WHERE destination = $1 AND event_id = $2 AND status = 'dead_lettered'",
+                 WHERE destination = $1 AND event_id = $2 AND status = 'dead_lettered'
+                   AND ($3::text IS NULL OR event_name = $3)",
             )
             .bind(dest.as_str())
             .bind(&id)
+            .bind(name)
             .execute(&pool)
             .await?;
             // Fresh headers: attempts start again, error headers go, the trace stays.

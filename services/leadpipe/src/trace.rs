@@ -10,6 +10,7 @@ use leadpipe_config::DatabaseSettings;
 type Row = (
     String,
     String,
+    String,
     i32,
     Option<i32>,
     Option<String>,
@@ -23,9 +24,9 @@ pub(crate) async fn run(event_id: &str) -> anyhow::Result<ExitCode> {
     let db = DatabaseSettings::from_env();
     let pool = leadpipe_db::connect(&db.url, 1).await?;
     let rows: Vec<Row> = sqlx::query_as(
-        "SELECT destination, status, attempts, last_http_status, last_error_code,
+        "SELECT destination, event_name, status, attempts, last_http_status, last_error_code,
                 last_error_message, destination_ref, first_seen_at, updated_at
-         FROM deliveries WHERE destination = ANY($1) AND event_id = $2 ORDER BY destination",
+         FROM deliveries WHERE destination = ANY($1) AND event_id = $2 ORDER BY destination, event_name",
     )
     // Every destination named, so the lookup is one probe of the primary key per destination.
     .bind(
@@ -45,8 +46,9 @@ pub(crate) async fn run(event_id: &str) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     }
     println!("event {event_id}");
-    for (dest, status, attempts, http, code, message, reference, first, updated) in rows {
-        println!("  {dest:<11} {status:<16} attempts {attempts}");
+    // One row per destination and event name: a client may give one id to a lead and its won.
+    for (dest, name, status, attempts, http, code, message, reference, first, updated) in rows {
+        println!("  {dest:<11} {name:<12} {status:<16} attempts {attempts}");
         println!("              first seen {first}, updated {updated}");
         if let Some(http) = http {
             println!("              last HTTP status {http}");

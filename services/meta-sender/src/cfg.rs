@@ -58,7 +58,7 @@ pub struct Settings {
     pub access_token: Option<SecretString>,
     /// `META_TEST_EVENT_CODE`.
     pub test_event_code: Option<String>,
-    /// `DRY_RUN`, or forced when the pixel or token is absent.
+    /// `DRY_RUN` (only when asked for: without it a missing pixel or token refuses to start).
     pub dry_run: bool,
     /// `META_TIMEOUT_MS`: one request's deadline.
     pub timeout: Duration,
@@ -123,12 +123,32 @@ pub fn meta_mappings(cfg: &MappingConfig) -> Result<HashMap<String, MetaMapping>
 }
 
 impl Settings {
+    /// The variables missing to send for real (for the DRY_RUN notice).
+    pub fn missing(&self) -> Vec<&'static str> {
+        [
+            ("META_PIXEL_ID", self.pixel_id.is_none()),
+            ("META_ACCESS_TOKEN", self.access_token.is_none()),
+        ]
+        .into_iter()
+        .filter_map(|(k, m)| m.then_some(k))
+        .collect()
+    }
+
     /// Reads the environment and the mapping config.
     pub fn from_env() -> Result<Self, ConfigError> {
         let mapping = MappingConfig::from_env()?;
         let pixel_id = env::optional("META_PIXEL_ID");
         let access_token = env::optional("META_ACCESS_TOKEN").map(SecretString::from);
-        let dry_run = env::flag("DRY_RUN", false)? || pixel_id.is_none() || access_token.is_none();
+        let runtime = RuntimeSettings::from_env(Destination::Meta)?;
+        let dry_run = runtime.dry_run;
+        let missing: Vec<&str> = [
+            ("META_PIXEL_ID", pixel_id.is_none()),
+            ("META_ACCESS_TOKEN", access_token.is_none()),
+        ]
+        .into_iter()
+        .filter_map(|(k, m)| m.then_some(k))
+        .collect();
+        ConfigError::require_unless_dry_run("Meta", dry_run, &missing)?;
         let max_batch = env::parse_or("META_MAX_BATCH", DEFAULT_MAX_BATCH, "a number of events")?;
         if !(1..=1000).contains(&max_batch) {
             return Err(ConfigError::invalid(
@@ -138,7 +158,7 @@ impl Settings {
         }
         let consent = ConsentPolicy::from_env()?;
         Ok(Self {
-            runtime: RuntimeSettings::from_env(Destination::Meta)?,
+            runtime,
             base_url: env::string_or("META_API_BASE_URL", DEFAULT_BASE_URL),
             api_version: env::string_or("META_API_VERSION", DEFAULT_API_VERSION),
             pixel_id,

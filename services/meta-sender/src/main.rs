@@ -15,14 +15,7 @@ async fn main() -> ExitCode {
         Err(e) => return service::config_error("meta-sender", &e),
     };
     if settings.dry_run {
-        service::announce_dry_run(
-            "meta-sender",
-            "Meta",
-            &[
-                ("META_PIXEL_ID", settings.pixel_id.is_none()),
-                ("META_ACCESS_TOKEN", settings.access_token.is_none()),
-            ],
-        );
+        service::announce_dry_run("meta-sender", "Meta", &settings.missing());
     }
     let runtime = settings.runtime.clone();
     service::run("meta-sender", runtime, MetaAdapter::new(settings)).await

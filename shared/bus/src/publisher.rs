@@ -153,6 +153,8 @@ struct Inner {
     lanes: RwLock<Vec<mpsc::Sender<Job>>>,
     next: AtomicUsize,
     ready: AtomicBool,
+    /// The broker has blocked the connection (a memory or disk alarm): publishes wait.
+    blocked: AtomicBool,
     /// Woken when a publish finds the channel broken, so the supervisor reconnects at once.
     broken: Notify,
     /// Woken whenever readiness changes (tests and start-up wait on it).
@@ -170,6 +172,7 @@ impl Publisher {
             lanes: RwLock::new(Vec::new()),
             next: AtomicUsize::new(0),
             ready: AtomicBool::new(false),
+            blocked: AtomicBool::new(false),
             broken: Notify::new(),
             changed: Notify::new(),
             connects: AtomicU64::new(0),
@@ -181,6 +184,32 @@ impl Publisher {
     /// Whether a confirm-mode channel is open (`/readyz`).
     pub fn is_ready(&self) -> bool {
         self.inner.ready.load(Ordering::Acquire)
+    }
+
+    /// Whether the broker has blocked publishing (`connection.blocked`: a memory or disk
+    /// alarm). RabbitMQ says so once the connection tries to publish; until it unblocks, no
+    /// publish is confirmed.
+    pub fn is_blocked(&self) -> bool {
+        self.inner.blocked.load(Ordering::Acquire)
+    }
+
+    /// Whether a publish can be confirmed now: connected and not blocked.
+    pub fn is_usable(&self) -> bool {
+        self.is_ready() && !self.is_blocked()
+    }
+
+    /// Waits until [`Publisher::is_usable`] or `timeout` passes; returns usability.
+    pub async fn wait_usable(&self, timeout: Duration) -> bool {
+        let wait = async {
+            loop {
+                let changed = self.inner.changed.notified();
+                if self.is_usable() {
+                    return;
+                }
+                changed.await;
+            }
+        };
+        tokio::time::timeout(timeout, wait).await.is_ok()
     }
 
     /// How many times the supervisor has connected (1 after start-up; more after recoveries).
@@ -332,12 +361,26 @@ async fn supervise(inner: Arc<Inner>, shutdown: CancellationToken) {
                                 tracing::warn!(error = %e, "broker connection lost");
                                 break false;
                             }
+                            Some(lapin::Event::ConnectionBlocked(reason)) => {
+                                tracing::warn!(
+                                    %reason,
+                                    "RabbitMQ blocks publishing (resource alarm): publishes wait until it unblocks"
+                                );
+                                inner.blocked.store(true, Ordering::Release);
+                                inner.changed.notify_waiters();
+                            }
+                            Some(lapin::Event::ConnectionUnblocked) => {
+                                tracing::info!("RabbitMQ unblocked publishing");
+                                inner.blocked.store(false, Ordering::Release);
+                                inner.changed.notify_waiters();
+                            }
                             None => break false,
                             Some(_) => {}
                         },
                     }
                 };
                 inner.ready.store(false, Ordering::Release);
+                inner.blocked.store(false, Ordering::Release);
                 // Dropping the senders ends the lanes once they have drained.
                 inner.lanes.write().await.clear();
                 inner.changed.notify_waiters();

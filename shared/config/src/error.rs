@@ -19,6 +19,19 @@ pub enum ConfigError {
         /// What it is for and how to set it.
         hint: String,
     },
+    /// A sender lacks what it needs to send for real, and `DRY_RUN` was not asked for.
+    #[error(
+        "{destination} cannot be sent to: {} not set. Set {}, or set DRY_RUN=true to build and \
+         record every request without sending it",
+        missing.join(", "),
+        if missing.len() == 1 { "it" } else { "them" }
+    )]
+    Credentials {
+        /// The destination (`Meta`, `Google Ads`).
+        destination: String,
+        /// Every variable or mapping key missing.
+        missing: Vec<String>,
+    },
     /// A file could not be read or parsed.
     #[error("{path} ({variable}): {reason}")]
     File {
@@ -32,6 +45,23 @@ pub enum ConfigError {
 }
 
 impl ConfigError {
+    /// `Ok` when nothing is `missing` or `DRY_RUN` was asked for; otherwise the error naming
+    /// every missing variable or key. `DRY_RUN` is never assumed: a sender that silently
+    /// recorded everything as `dry_run` would discard every conversion.
+    pub fn require_unless_dry_run(
+        destination: &str,
+        dry_run: bool,
+        missing: &[&str],
+    ) -> Result<(), Self> {
+        if dry_run || missing.is_empty() {
+            return Ok(());
+        }
+        Err(Self::Credentials {
+            destination: destination.to_owned(),
+            missing: missing.iter().map(|m| (*m).to_owned()).collect(),
+        })
+    }
+
     /// An unusable value of `key`.
     pub fn invalid(key: impl Into<String>, reason: impl Into<String>) -> Self {
         Self::Invalid {

@@ -36,6 +36,9 @@ pub struct RuntimeSettings {
     /// `PAUSE_AFTER_FAILED_BATCHES`: consecutive batches whose every request failed
     /// transiently before consumption pauses ("every request failing").
     pub pause_after_failed_batches: u32,
+    /// `DRY_RUN`: build and record every request, send nothing. Only when asked for: a
+    /// sender missing a credential or mapping value without it refuses to start.
+    pub dry_run: bool,
     /// `MAX_POLLS`: verdict requests for an accepted event before it is dead-lettered as
     /// `verdict_timeout` (destinations that report later only).
     pub max_polls: u32,
@@ -59,6 +62,7 @@ impl RuntimeSettings {
             pause_probe_max: Duration::from_secs(30),
             pause_after_failed_batches: 5,
             max_polls: 30,
+            dry_run: false,
         }
     }
 
@@ -105,6 +109,7 @@ impl RuntimeSettings {
             "a number of batches",
         )?;
         s.max_polls = env::parse_or("MAX_POLLS", s.max_polls, "a number of polls")?;
+        s.dry_run = env::flag("DRY_RUN", false)?;
         for (key, bad) in [
             ("BATCH_SIZE", s.batch_size == 0),
             ("PREFETCH", s.prefetch == 0),

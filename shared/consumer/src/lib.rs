@@ -28,8 +28,8 @@ pub mod store;
 pub mod worker;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicUsize};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -47,7 +47,7 @@ pub use adapter::{Adapter, Item};
 pub use cfg::RuntimeSettings;
 pub use outcome::{Failure, Outcome, Prepared};
 
-use worker::Shared;
+use worker::{Flow, Shared};
 
 /// How long shutdown waits for in-flight batches before it gives up (SIGTERM → exit ≤ 30 s).
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
@@ -93,15 +93,21 @@ impl<A: Adapter> Sender<A> {
             &uuid::Uuid::new_v4().simple().to_string()[..8]
         );
         let store = store::Store::new(pool, destination.as_str(), owner, settings.lease);
-        let (paused, _) = tokio::sync::watch::channel(false);
+        let (flow, _) = tokio::sync::watch::channel(Flow::Open);
+        let metrics = metrics::Metrics::new(destination.as_str());
+        metrics.dry_run.set(i64::from(settings.dry_run));
+        let first_wait = worker::FIRST_PROBE_WAIT.min(settings.pause_probe_max);
         let shared = Arc::new(Shared {
-            metrics: metrics::Metrics::new(destination.as_str()),
+            metrics,
             adapter: Arc::new(adapter),
             settings,
             names,
             store,
             publisher,
-            paused,
+            flow,
+            trial_taken: AtomicBool::new(false),
+            pause_reason: Mutex::new(None),
+            probe_wait: Mutex::new(first_wait),
             consuming: AtomicUsize::new(0),
             failing_batches: AtomicU32::new(0),
         });
@@ -182,25 +188,47 @@ async fn metrics_page<A: Adapter>(State(shared): State<Arc<Shared<A>>>) -> Respo
 }
 
 async fn readyz<A: Adapter>(State(shared): State<Arc<Shared<A>>>) -> Response {
-    let paused = *shared.paused.borrow();
-    if shared.is_ready() {
-        (
-            StatusCode::OK,
-            axum::Json(serde_json::json!({"status": "ready"})),
-        )
-            .into_response()
+    let destination = shared.adapter.destination();
+    let dry_run = shared.settings.dry_run;
+    let mut body = if shared.is_ready() {
+        serde_json::json!({"status": "ready"})
     } else {
-        let reason = if paused {
-            "paused: the destination refuses requests (systemic failure); probing"
-        } else {
-            "not consuming yet (broker or database unreachable)"
+        let reason = match *shared.flow.borrow() {
+            Flow::Paused => {
+                let why = shared
+                    .pause_reason()
+                    .map(|f| format!("{}: {}", f.code, f.message))
+                    .unwrap_or_else(|| "systemic failure".into());
+                format!(
+                    "paused: the destination refuses requests ({why}); next probe in {} ms",
+                    shared.probe_wait().as_millis()
+                )
+            }
+            Flow::Trial => {
+                "half-open: the probe passed; a trial batch goes first, then consumption resumes"
+                    .to_owned()
+            }
+            Flow::Open if shared.publisher.is_blocked() => {
+                "RabbitMQ blocks publishing (memory or disk alarm): not taking deliveries until it \
+                 unblocks"
+                    .to_owned()
+            }
+            Flow::Open => "not consuming yet (broker or database unreachable)".to_owned(),
         };
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(serde_json::json!({"status": "not_ready", "reason": reason})),
-        )
-            .into_response()
+        serde_json::json!({"status": "not_ready", "reason": reason})
+    };
+    if dry_run {
+        body["dry_run"] = serde_json::Value::Bool(true);
+        body["note"] = serde_json::Value::String(format!(
+            "DRY_RUN: nothing is sent to {destination}; each request is built and recorded as dry_run"
+        ));
     }
+    let status = if body["status"] == "ready" {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(body)).into_response()
 }
 
 /// Keeps the queue depth gauges current (every 5 s).

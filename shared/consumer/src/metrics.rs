@@ -1,6 +1,8 @@
 //! Sender metrics (SPEC §7), labelled by destination.
 
-use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 
 use leadpipe_telemetry::metrics::LATENCY_BUCKETS;
 
@@ -30,6 +32,17 @@ pub struct Metrics {
     pub paused: IntGauge,
     /// `leadpipe_destination_ready{destination}`: 1 when consuming.
     pub ready: IntGauge,
+    /// `leadpipe_destination_pauses_total{destination}`: pauses on a systemic failure
+    /// (a failed half-open trial pauses again and counts).
+    pub pauses: IntCounter,
+    /// `leadpipe_lost_leases_total{destination}`: outcomes not written because another worker
+    /// had taken the event's lease over.
+    pub lost_leases: IntCounter,
+    /// `leadpipe_publish_holds_total{destination}`: times a batch was held because its
+    /// retries, verdict waits or dead letters could not be routed (broker blocked or away).
+    pub publish_holds: IntCounter,
+    /// `leadpipe_dry_run{destination}`: 1 when the sender runs in `DRY_RUN`.
+    pub dry_run: IntGauge,
 }
 
 impl Metrics {
@@ -93,6 +106,26 @@ impl Metrics {
             "1 while the sender consumes.",
         )))
         .expect("valid metric");
+        let counter = |name: &str, help: &str| {
+            IntCounter::with_opts(c(Opts::new(name, help))).expect("valid metric")
+        };
+        let pauses = counter(
+            "leadpipe_destination_pauses_total",
+            "Pauses on a systemic failure (a failed half-open trial counts again).",
+        );
+        let lost_leases = counter(
+            "leadpipe_lost_leases_total",
+            "Outcomes not written because another worker had taken the event's lease over.",
+        );
+        let publish_holds = counter(
+            "leadpipe_publish_holds_total",
+            "Batches held because their retries or dead letters could not be routed.",
+        );
+        let dry_run = IntGauge::with_opts(c(Opts::new(
+            "leadpipe_dry_run",
+            "1 while the sender runs in DRY_RUN: nothing is sent to the destination.",
+        )))
+        .expect("valid metric");
         for m in [
             Box::new(deliveries.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_seconds.clone()),
@@ -102,6 +135,10 @@ impl Metrics {
             Box::new(in_flight.clone()),
             Box::new(paused.clone()),
             Box::new(ready.clone()),
+            Box::new(pauses.clone()),
+            Box::new(lost_leases.clone()),
+            Box::new(publish_holds.clone()),
+            Box::new(dry_run.clone()),
         ] {
             registry.register(m).expect("metric names are unique");
         }
@@ -115,6 +152,10 @@ impl Metrics {
             in_flight,
             paused,
             ready,
+            pauses,
+            lost_leases,
+            publish_holds,
+            dry_run,
         }
     }
 }

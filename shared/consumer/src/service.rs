@@ -16,13 +16,9 @@ pub fn config_error(service: &str, error: &dyn std::fmt::Display) -> ExitCode {
     ExitCode::from(EXIT_CONFIG)
 }
 
-/// Says loudly that nothing will be sent to `destination`, and which of `required` (variable,
-/// whether it is missing) forced it.
-pub fn announce_dry_run(service: &str, destination: &str, required: &[(&str, bool)]) {
-    let missing: Vec<&str> = required
-        .iter()
-        .filter_map(|(name, missing)| missing.then_some(*name))
-        .collect();
+/// Says loudly that `DRY_RUN` is on and nothing will be sent to `destination`, naming what
+/// would be `missing` to send for real.
+pub fn announce_dry_run(service: &str, destination: &str, missing: &[&str]) {
     tracing::warn!(
         missing = ?missing,
         "DRY_RUN: nothing is sent to {destination}; each request is built and recorded in the delivery log"
@@ -32,7 +28,7 @@ pub fn announce_dry_run(service: &str, destination: &str, required: &[(&str, boo
         if missing.is_empty() {
             String::new()
         } else {
-            format!(" ({} not set)", missing.join(", "))
+            format!(" (also not set: {})", missing.join(", "))
         }
     );
 }

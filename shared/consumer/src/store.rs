@@ -1,9 +1,13 @@
 //! Idempotency keys and the delivery log in Postgres (SPEC §5), one row per
-//! (destination, event_id).
+//! (destination, event_id, event_name): Meta deduplicates on the event name together with the
+//! id, so one client id used for a `lead` and its `won` is two deliveries.
 //!
 //! A batch is claimed in one statement: a new key, a `retrying` key, or an `in_flight` key
 //! whose lease expired (its worker died) becomes `in_flight` with our lease; no transaction
-//! is held across the destination call. Outcomes are written in one statement afterwards.
+//! is held across the destination call. While the batch is in hand its leases are renewed
+//! ([`Store::renew`]), so a slow destination never lets another worker take over an event
+//! that is still being sent. Outcomes are written in one statement afterwards, only on rows
+//! still leased to us; [`Store::record`] names the rows whose lease was lost.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -13,12 +17,37 @@ use sqlx::PgPool;
 
 use leadpipe_db::DeliveryStatus;
 
+/// What identifies one delivery of a destination: the event's id and its canonical name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EventKey {
+    /// The event's id.
+    pub event_id: String,
+    /// Its canonical name (`lead`, `won`, …).
+    pub event_name: String,
+}
+
+impl EventKey {
+    /// The key of `event_id` under `event_name`.
+    pub fn new(event_id: impl Into<String>, event_name: impl Into<String>) -> Self {
+        Self {
+            event_id: event_id.into(),
+            event_name: event_name.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for EventKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.event_id, self.event_name)
+    }
+}
+
 /// One event to claim.
 #[derive(Debug, Clone)]
 pub struct ClaimRequest {
     /// The event's id.
     pub event_id: String,
-    /// Its canonical name (for `leadpipe trace`).
+    /// Its canonical name (part of the key).
     pub event_name: String,
     /// Its source.
     pub source: String,
@@ -30,20 +59,23 @@ pub struct ClaimRequest {
 #[derive(Debug, Default)]
 pub struct Claim {
     /// Ours to send.
-    pub claimed: HashSet<String>,
+    pub claimed: HashSet<EventKey>,
     /// Already decided (sent, dead-lettered, blocked…): ack without a request.
-    pub done: HashSet<String>,
+    pub done: HashSet<EventKey>,
     /// Held by another live worker: look again after the lease's remaining time.
-    pub busy: HashMap<String, Duration>,
-    /// Accepted by the destination, its verdict pending: event id → the reference recorded.
-    pub awaiting: HashMap<String, Option<String>>,
+    pub busy: HashMap<EventKey, Duration>,
+    /// Accepted by the destination, its verdict pending: key → the reference recorded.
+    pub awaiting: HashMap<EventKey, Option<String>>,
 }
+
+/// A row a claim did not take: (event id, name, status, lease seconds left, reference).
+type FoundRow = (String, String, String, Option<f64>, Option<String>);
 
 /// One outcome to write.
 #[derive(Debug, Clone)]
 pub struct Record {
-    /// The event's id.
-    pub event_id: String,
+    /// The delivery.
+    pub key: EventKey,
     /// New status; `None` releases the claim (systemic pause) without deciding anything.
     pub status: Option<DeliveryStatus>,
     /// Requests made for it in this round (0 or 1).
@@ -95,6 +127,11 @@ impl Store {
         &self.owner
     }
 
+    /// How long a claim is ours unless renewed (`LEASE_SECS`).
+    pub fn lease(&self) -> Duration {
+        self.lease
+    }
+
     /// The pool.
     pub fn pool(&self) -> &PgPool {
         &self.pool
@@ -106,7 +143,7 @@ impl Store {
         let names: Vec<&str> = events.iter().map(|e| e.event_name.as_str()).collect();
         let sources: Vec<&str> = events.iter().map(|e| e.source.as_str()).collect();
         let ingested: Vec<Option<DateTime<Utc>>> = events.iter().map(|e| e.ingested_at).collect();
-        let claimed: Vec<(String,)> = sqlx::query_as(
+        let claimed: Vec<(String, String)> = sqlx::query_as(
             "INSERT INTO deliveries AS d
                  (destination, event_id, status, event_name, source, ingested_at,
                   lease_owner, lease_expires_at)
@@ -114,14 +151,14 @@ impl Store {
                     now() + make_interval(secs => $3)
              FROM unnest($4::text[], $5::text[], $6::text[], $7::timestamptz[])
                   AS u(id, name, source, ingested)
-             ON CONFLICT (destination, event_id) DO UPDATE
+             ON CONFLICT (destination, event_id, event_name) DO UPDATE
              SET status = 'in_flight', lease_owner = EXCLUDED.lease_owner,
                  lease_expires_at = EXCLUDED.lease_expires_at, updated_at = now()
              WHERE d.status = 'retrying'
                 OR (d.status = 'in_flight'
                     AND (d.lease_expires_at IS NULL OR d.lease_expires_at < now()
                          OR d.lease_owner = EXCLUDED.lease_owner))
-             RETURNING d.event_id",
+             RETURNING d.event_id, d.event_name",
         )
         .bind(self.destination)
         .bind(&self.owner)
@@ -133,27 +170,40 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         let mut claim = Claim {
-            claimed: claimed.into_iter().map(|(id,)| id).collect(),
+            claimed: claimed
+                .into_iter()
+                .map(|(id, name)| EventKey::new(id, name))
+                .collect(),
             ..Claim::default()
         };
-        let rest: Vec<&str> = ids
+        let rest: Vec<&ClaimRequest> = events
             .iter()
-            .copied()
-            .filter(|id| !claim.claimed.contains(*id))
+            .filter(|e| {
+                !claim
+                    .claimed
+                    .contains(&EventKey::new(e.event_id.clone(), e.event_name.clone()))
+            })
             .collect();
         if rest.is_empty() {
             return Ok(claim);
         }
-        let rows: Vec<(String, String, Option<f64>, Option<String>)> = sqlx::query_as(
-            "SELECT event_id, status,
-                    EXTRACT(EPOCH FROM (lease_expires_at - now()))::float8, destination_ref
-             FROM deliveries WHERE destination = $1 AND event_id = ANY($2)",
+        let rest_ids: Vec<&str> = rest.iter().map(|e| e.event_id.as_str()).collect();
+        let rest_names: Vec<&str> = rest.iter().map(|e| e.event_name.as_str()).collect();
+        let rows: Vec<FoundRow> = sqlx::query_as(
+            "SELECT d.event_id, d.event_name, d.status,
+                    EXTRACT(EPOCH FROM (d.lease_expires_at - now()))::float8, d.destination_ref
+             FROM deliveries d
+             JOIN unnest($2::text[], $3::text[]) AS u(id, name)
+               ON d.event_id = u.id AND d.event_name = u.name
+             WHERE d.destination = $1",
         )
         .bind(self.destination)
-        .bind(&rest)
+        .bind(&rest_ids)
+        .bind(&rest_names)
         .fetch_all(&self.pool)
         .await?;
-        for (id, status, left, reference) in rows {
+        for (id, name, status, left, reference) in rows {
+            let id = EventKey::new(id, name);
             match DeliveryStatus::parse(&status) {
                 Some(DeliveryStatus::Accepted) => {
                     claim.awaiting.insert(id, reference);
@@ -170,12 +220,48 @@ impl Store {
         Ok(claim)
     }
 
-    /// Writes outcomes (only for rows this worker still leases) in one statement.
-    pub async fn record(&self, records: &[Record]) -> sqlx::Result<()> {
-        if records.is_empty() {
-            return Ok(());
+    /// Extends this worker's lease on `keys` by the lease length; returns the keys whose
+    /// lease it no longer holds (taken over, or already decided).
+    pub async fn renew(&self, keys: &[EventKey]) -> sqlx::Result<Vec<EventKey>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
         }
-        let ids: Vec<&str> = records.iter().map(|r| r.event_id.as_str()).collect();
+        let ids: Vec<&str> = keys.iter().map(|k| k.event_id.as_str()).collect();
+        let names: Vec<&str> = keys.iter().map(|k| k.event_name.as_str()).collect();
+        let held: Vec<(String, String)> = sqlx::query_as(
+            "UPDATE deliveries AS d SET lease_expires_at = now() + make_interval(secs => $3)
+             FROM unnest($4::text[], $5::text[]) AS u(id, name)
+             WHERE d.destination = $1 AND d.event_id = u.id AND d.event_name = u.name
+               AND d.lease_owner = $2 AND d.status = 'in_flight'
+             RETURNING d.event_id, d.event_name",
+        )
+        .bind(self.destination)
+        .bind(&self.owner)
+        .bind(self.lease.as_secs_f64())
+        .bind(&ids)
+        .bind(&names)
+        .fetch_all(&self.pool)
+        .await?;
+        let held: HashSet<EventKey> = held
+            .into_iter()
+            .map(|(id, name)| EventKey::new(id, name))
+            .collect();
+        Ok(keys
+            .iter()
+            .filter(|k| !held.contains(*k))
+            .cloned()
+            .collect())
+    }
+
+    /// Writes outcomes (only for rows this worker still leases) in one statement; returns the
+    /// keys whose row it no longer leased (their outcome was not written: another worker took
+    /// the lease over).
+    pub async fn record(&self, records: &[Record]) -> sqlx::Result<Vec<EventKey>> {
+        if records.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<&str> = records.iter().map(|r| r.key.event_id.as_str()).collect();
+        let names: Vec<&str> = records.iter().map(|r| r.key.event_name.as_str()).collect();
         // '' stands for "leave as is" (release) and NULL-able columns use '' / 0 / '' as
         // absent, turned back into NULL in SQL.
         let statuses: Vec<&str> = records
@@ -205,7 +291,7 @@ impl Store {
                     .unwrap_or_default()
             })
             .collect();
-        sqlx::query(
+        let written: Vec<(String, String)> = sqlx::query_as(
             "UPDATE deliveries AS d SET
                  status = COALESCE(NULLIF(u.status, ''), d.status),
                  attempts = d.attempts + u.tried,
@@ -221,9 +307,11 @@ impl Store {
                  lease_expires_at = CASE WHEN u.status = '' THEN now() ELSE NULL END,
                  updated_at = now()
              FROM unnest($3::text[], $4::text[], $5::int4[], $6::int4[], $7::text[],
-                         $8::text[], $9::text[], $10::text[])
-                  AS u(id, status, tried, http, code, msg, ref, payload)
-             WHERE d.destination = $1 AND d.event_id = u.id AND d.lease_owner = $2",
+                         $8::text[], $9::text[], $10::text[], $11::text[])
+                  AS u(id, status, tried, http, code, msg, ref, payload, name)
+             WHERE d.destination = $1 AND d.event_id = u.id AND d.event_name = u.name
+               AND d.lease_owner = $2
+             RETURNING d.event_id, d.event_name",
         )
         .bind(self.destination)
         .bind(&self.owner)
@@ -235,51 +323,66 @@ impl Store {
         .bind(&messages)
         .bind(&refs)
         .bind(&payloads)
-        .execute(&self.pool)
+        .bind(&names)
+        .fetch_all(&self.pool)
         .await?;
-        Ok(())
+        let written: HashSet<EventKey> = written
+            .into_iter()
+            .map(|(id, name)| EventKey::new(id, name))
+            .collect();
+        Ok(records
+            .iter()
+            .filter(|r| !written.contains(&r.key))
+            .map(|r| r.key.clone())
+            .collect())
     }
 
     /// Verdicts on `accepted` events: `sent`, `dead_lettered` with the destination's reason,
     /// or `retrying` (to be sent again). Rows no longer `accepted` are left alone; returns the
     /// ids that were updated.
-    pub async fn resolve(&self, verdicts: &[Resolution]) -> sqlx::Result<HashSet<String>> {
+    pub async fn resolve(&self, verdicts: &[Resolution]) -> sqlx::Result<HashSet<EventKey>> {
         if verdicts.is_empty() {
             return Ok(HashSet::new());
         }
-        let ids: Vec<&str> = verdicts.iter().map(|v| v.event_id.as_str()).collect();
+        let ids: Vec<&str> = verdicts.iter().map(|v| v.key.event_id.as_str()).collect();
+        let names: Vec<&str> = verdicts.iter().map(|v| v.key.event_name.as_str()).collect();
         let statuses: Vec<&str> = verdicts.iter().map(|v| v.status.as_str()).collect();
         let codes: Vec<Option<&str>> = verdicts.iter().map(|v| v.error_code.as_deref()).collect();
         let messages: Vec<Option<&str>> = verdicts
             .iter()
             .map(|v| v.error_message.as_deref())
             .collect();
-        let done: Vec<(String,)> = sqlx::query_as(
+        let done: Vec<(String, String)> = sqlx::query_as(
             "UPDATE deliveries AS d
              SET status = u.status, last_error_code = u.code, last_error_message = u.message,
                  sent_at = CASE WHEN u.status = 'sent' THEN now() ELSE d.sent_at END,
                  updated_at = now()
-             FROM unnest($2::text[], $3::text[], $4::text[], $5::text[])
-                  AS u(id, status, code, message)
-             WHERE d.destination = $1 AND d.event_id = u.id AND d.status = 'accepted'
-             RETURNING d.event_id",
+             FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
+                  AS u(id, status, code, message, name)
+             WHERE d.destination = $1 AND d.event_id = u.id AND d.event_name = u.name
+               AND d.status = 'accepted'
+             RETURNING d.event_id, d.event_name",
         )
         .bind(self.destination)
         .bind(&ids)
         .bind(&statuses)
         .bind(&codes)
         .bind(&messages)
+        .bind(&names)
         .fetch_all(&self.pool)
         .await?;
-        Ok(done.into_iter().map(|(id,)| id).collect())
+        Ok(done
+            .into_iter()
+            .map(|(id, name)| EventKey::new(id, name))
+            .collect())
     }
 }
 
 /// A verdict to write on an `accepted` row.
 #[derive(Debug, Clone)]
 pub struct Resolution {
-    /// The event's id.
-    pub event_id: String,
+    /// The delivery.
+    pub key: EventKey,
     /// `Sent`, `DeadLettered` or `Retrying`.
     pub status: DeliveryStatus,
     /// The destination's reason, for a failure.

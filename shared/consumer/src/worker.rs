@@ -8,8 +8,8 @@
 //! meanwhile): a sent event is never handed back to be sent twice because Postgres restarted.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -17,7 +17,10 @@ use std::panic::AssertUnwindSafe;
 
 use futures::{FutureExt, StreamExt};
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions,
+    BasicQosOptions,
+};
 use lapin::types::{AMQPValue, FieldTable};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -36,7 +39,25 @@ use crate::cfg::RuntimeSettings;
 use crate::metrics::Metrics;
 use crate::outcome::{Failure, Outcome, Prepared};
 use crate::retry;
-use crate::store::{ClaimRequest, Record, Resolution, Store};
+use crate::store::{ClaimRequest, EventKey, Record, Resolution, Store};
+
+/// Whether the workers take deliveries: a circuit breaker around the destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Flow {
+    /// Consuming.
+    Open,
+    /// Paused on a systemic failure: nothing is taken, the prober probes.
+    Paused,
+    /// The probe passed (half-open): one worker takes one small trial batch; its outcome
+    /// resumes consumption or pauses it again with the probe wait doubled.
+    Trial,
+}
+
+/// Most events in the trial batch taken after a probe passed.
+pub(crate) const TRIAL_BATCH: usize = 10;
+
+/// The first wait before probing a paused destination.
+pub(crate) const FIRST_PROBE_WAIT: Duration = Duration::from_millis(500);
 
 /// State every worker shares.
 pub(crate) struct Shared<A: Adapter> {
@@ -46,8 +67,15 @@ pub(crate) struct Shared<A: Adapter> {
     pub(crate) store: Store,
     pub(crate) publisher: Publisher,
     pub(crate) metrics: Metrics,
-    /// `true` while paused on a systemic failure.
-    pub(crate) paused: watch::Sender<bool>,
+    /// Open, paused or half-open.
+    pub(crate) flow: watch::Sender<Flow>,
+    /// Whether a worker has taken the trial batch of the current half-open state.
+    pub(crate) trial_taken: AtomicBool,
+    /// Why consumption is paused (for `/readyz`).
+    pub(crate) pause_reason: Mutex<Option<Failure>>,
+    /// The wait before the next probe: doubles after each failed probe or trial (up to
+    /// `PAUSE_PROBE_MAX_MS`), back to [`FIRST_PROBE_WAIT`] once a batch is delivered again.
+    pub(crate) probe_wait: Mutex<Duration>,
     /// Workers with an open consumer.
     pub(crate) consuming: AtomicUsize,
     /// Consecutive batches in which every request failed transiently.
@@ -59,24 +87,66 @@ impl<A: Adapter> Shared<A> {
         self.adapter.destination().as_str()
     }
 
-    /// Pauses consumption (idempotent).
+    /// The destination took requests again: the next pause probes after the first wait.
+    fn reset_probe_wait(&self) {
+        *self.probe_wait.lock().expect("probe wait lock") =
+            FIRST_PROBE_WAIT.min(self.settings.pause_probe_max);
+    }
+
+    /// The current wait before a probe.
+    pub(crate) fn probe_wait(&self) -> Duration {
+        *self.probe_wait.lock().expect("probe wait lock")
+    }
+
+    /// Doubles the probe wait, up to `PAUSE_PROBE_MAX_MS`.
+    fn lengthen_probe_wait(&self) -> Duration {
+        let mut wait = self.probe_wait.lock().expect("probe wait lock");
+        *wait = (*wait * 2).min(self.settings.pause_probe_max);
+        *wait
+    }
+
+    /// Why consumption is paused, if it is.
+    pub(crate) fn pause_reason(&self) -> Option<Failure> {
+        self.pause_reason.lock().expect("pause reason lock").clone()
+    }
+
+    /// Pauses consumption (idempotent): the workers hand back what they hold and stop taking
+    /// deliveries; the prober probes.
     pub(crate) fn pause(&self, reason: &Failure) {
-        if !self.paused.send_replace(true) {
+        *self.pause_reason.lock().expect("pause reason lock") = Some(reason.clone());
+        if self.flow.send_replace(Flow::Paused) != Flow::Paused {
             tracing::warn!(
                 destination = self.destination(),
                 error.code = %reason.code,
                 error.message = %reason.message,
+                next_probe_ms = self.probe_wait().as_millis() as u64,
                 "systemic failure: pausing consumption until the destination accepts requests"
             );
             self.metrics.paused.set(1);
+            self.metrics.pauses.inc();
         }
+    }
+
+    /// The probe passed: half-open, one trial batch goes first.
+    fn start_trial(&self) {
+        self.trial_taken.store(false, Ordering::Release);
+        // Still "paused" for the gauge (and its alert) until the trial goes through.
+        self.flow.send_replace(Flow::Trial);
+    }
+
+    /// Consumption resumes in full.
+    fn resume(&self) {
+        self.failing_batches.store(0, Ordering::Release);
+        *self.pause_reason.lock().expect("pause reason lock") = None;
+        self.metrics.paused.set(0);
+        self.flow.send_replace(Flow::Open);
     }
 
     /// Whether `/readyz` says ready.
     pub(crate) fn is_ready(&self) -> bool {
-        !*self.paused.borrow()
+        *self.flow.borrow() == Flow::Open
             && self.consuming.load(Ordering::Acquire) > 0
-            && self.publisher.is_ready()
+            && self.publisher.is_usable()
     }
 }
 
@@ -87,15 +157,38 @@ pub(crate) async fn run_worker<A: Adapter>(
     shutdown: CancellationToken,
 ) {
     let mut backoff = Duration::from_millis(100);
-    let mut paused = shared.paused.subscribe();
+    let mut flow = shared.flow.subscribe();
     while !shutdown.is_cancelled() {
-        if *paused.borrow_and_update() {
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                _ = paused.wait_for(|p| !*p) => continue,
+        let now = *flow.borrow_and_update();
+        let result = match now {
+            Flow::Paused => {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = flow.changed() => continue,
+                }
             }
-        }
-        match consume(&shared, index, &shutdown).await {
+            Flow::Trial => {
+                if shared
+                    .trial_taken
+                    .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+                    .is_err()
+                {
+                    // Another worker runs the trial.
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = flow.changed() => continue,
+                    }
+                }
+                let tried = trial(&shared, index).await;
+                if tried.is_err() {
+                    // Not decided: the next worker to look takes the trial again.
+                    shared.trial_taken.store(false, Ordering::Release);
+                }
+                tried
+            }
+            Flow::Open => consume(&shared, index, &shutdown).await,
+        };
+        match result {
             Ok(()) => backoff = Duration::from_millis(100),
             Err(e) => {
                 tracing::warn!(
@@ -115,8 +208,139 @@ pub(crate) async fn run_worker<A: Adapter>(
     }
 }
 
+/// Runs `process_batch` so that a panic in it ends the session like any failure (the
+/// channel closes and the batch returns to the queue) instead of taking the worker down.
+async fn guarded_batch<A: Adapter>(
+    shared: &Arc<Shared<A>>,
+    store: &Store,
+    batch: Vec<Delivery>,
+    trial: bool,
+) -> anyhow::Result<BatchReport> {
+    match AssertUnwindSafe(process_batch(shared, store, batch, trial))
+        .catch_unwind()
+        .await
+    {
+        Ok(r) => r,
+        Err(_) => Err(anyhow::anyhow!("the runtime panicked on a batch")),
+    }
+}
+
+/// The half-open trial: takes at most [`TRIAL_BATCH`] deliveries (`basic.get`, so nothing
+/// else is prefetched), processes them as one batch, and resumes consumption or pauses again.
+async fn trial<A: Adapter>(shared: &Arc<Shared<A>>, index: usize) -> anyhow::Result<()> {
+    let s = &shared.settings;
+    let conn = leadpipe_bus::connect(
+        &s.amqp.url,
+        &format!("{}-sender-{index}-trial", shared.destination()),
+    )
+    .await?;
+    let channel = conn.create_channel().await?;
+    let queue = shared.names.work_queue(shared.adapter.destination());
+    let size = TRIAL_BATCH
+        .min(s.batch_size)
+        .min(shared.adapter.max_batch())
+        .max(1);
+    let mut batch = Vec::with_capacity(size);
+    let got = async {
+        while batch.len() < size {
+            match channel
+                .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: false })
+                .await?
+            {
+                Some(m) => batch.push(m.delivery),
+                None => break,
+            }
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    let result = match got {
+        Err(e) => Err(e),
+        Ok(()) if batch.is_empty() => {
+            // Nothing waits: consumption resumes, and the first batch to fail systemically
+            // pauses it again with the longer wait (it is not reset before a delivery).
+            tracing::info!(
+                destination = shared.destination(),
+                "half-open: no work waiting; resuming"
+            );
+            shared.resume();
+            Ok(())
+        }
+        Ok(()) => {
+            let n = batch.len();
+            let store = shared.store.for_worker(index);
+            match guarded_batch(shared, &store, batch, true).await {
+                Ok(report) => {
+                    judge_trial(shared, n, &report);
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            }
+        }
+    };
+    let _ = channel.close(200, "trial done".into()).await;
+    let _ = conn.close(200, "trial done".into()).await;
+    result
+}
+
+/// What the trial batch says: resume, pause again (probe wait doubled), or try again.
+fn judge_trial<A: Adapter>(shared: &Shared<A>, events: usize, report: &BatchReport) {
+    let failed = report.systemic.clone().or_else(|| {
+        (report.requests > 0 && report.transient == report.requests).then(|| {
+            Failure::new(
+                "trial_failed",
+                "every request of the trial batch failed transiently",
+            )
+        })
+    });
+    if let Some(reason) = failed {
+        let wait = shared.lengthen_probe_wait();
+        tracing::warn!(
+            destination = shared.destination(),
+            error.code = %reason.code,
+            next_probe_ms = wait.as_millis() as u64,
+            "half-open: the trial batch failed; pausing again"
+        );
+        shared.pause(&reason);
+    } else if report.requests == 0 {
+        // Nothing was asked of the destination (duplicates, unmapped…): try again.
+        shared.trial_taken.store(false, Ordering::Release);
+    } else {
+        tracing::info!(
+            destination = shared.destination(),
+            events,
+            "half-open: the trial batch went through; resuming"
+        );
+        shared.reset_probe_wait();
+        shared.resume();
+    }
+}
+
+/// After a batch while consuming: "every request failing" is systemic too once it lasts, and
+/// a systemic failure pauses.
+fn judge_batch<A: Adapter>(shared: &Shared<A>, report: BatchReport) {
+    let mut systemic = report.systemic;
+    if report.requests > 0 && report.transient == report.requests {
+        let n = shared.failing_batches.fetch_add(1, Ordering::AcqRel) + 1;
+        if n >= shared.settings.pause_after_failed_batches {
+            systemic.get_or_insert(Failure::new(
+                "all_requests_failing",
+                format!("every request of the last {n} batches failed"),
+            ));
+        }
+    } else if report.requests > report.transient && systemic.is_none() {
+        shared.failing_batches.store(0, Ordering::Release);
+        shared.reset_probe_wait();
+    }
+    if let Some(reason) = systemic {
+        shared.pause(&reason);
+    }
+}
+
 /// One consumer session: returns `Ok` on shutdown or pause, `Err` on a broker or database
-/// failure. Closing the channel returns every unacked delivery to the queue.
+/// failure. On a pause, the deliveries prefetched and not yet taken are handed back to the
+/// queue as fresh copies (spending none of their delivery attempts); closing the channel
+/// returns anything else unacked.
 async fn consume<A: Adapter>(
     shared: &Arc<Shared<A>>,
     index: usize,
@@ -145,15 +369,31 @@ async fn consume<A: Adapter>(
         .await?;
     shared.consuming.fetch_add(1, Ordering::AcqRel);
     shared.metrics.ready.set(i64::from(shared.is_ready()));
-    let mut paused = shared.paused.subscribe();
+    let mut flow = shared.flow.subscribe();
     let batch_size = s.batch_size.min(shared.adapter.max_batch()).max(1);
     let result = loop {
+        // While the broker blocks publishing (a memory or disk alarm) or the publisher is
+        // away, retries, verdict waits and dead letters could not be routed: take nothing.
+        if !shared.publisher.is_usable() {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break Ok(()),
+                _ = until_not_open(&mut flow) => {
+                    hand_back_prefetched(shared, &channel, &tag, &mut consumer).await;
+                    break Ok(());
+                }
+                _ = shared.publisher.wait_usable(Duration::from_secs(3600)) => continue,
+            }
+        }
         // Biased: a pause or shutdown wins over a waiting delivery, so nothing new is taken
         // once either is decided.
         let first = tokio::select! {
             biased;
             _ = shutdown.cancelled() => break Ok(()),
-            _ = paused.wait_for(|p| *p) => break Ok(()),
+            _ = until_not_open(&mut flow) => {
+                hand_back_prefetched(shared, &channel, &tag, &mut consumer).await;
+                break Ok(());
+            }
             d = consumer.next() => d,
         };
         let first = match first {
@@ -174,20 +414,9 @@ async fn consume<A: Adapter>(
                 Ok(None) | Err(_) => break,
             }
         }
-        // A panicking adapter must not take the worker down with its deliveries unacked: the
-        // session ends like any failure, the channel closes, the batch returns to the queue
-        // (where the delivery limit eventually parks a message that panics every time).
-        match AssertUnwindSafe(process_batch(shared, &store, batch))
-            .catch_unwind()
-            .await
-        {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => break Err(e),
-            Err(_) => {
-                break Err(anyhow::anyhow!(
-                    "the destination adapter panicked on a batch"
-                ));
-            }
+        match guarded_batch(shared, &store, batch, false).await {
+            Ok(report) => judge_batch(shared, report),
+            Err(e) => break Err(e),
         }
         if let Some(e) = stream_error {
             break Err(e.into());
@@ -198,6 +427,76 @@ async fn consume<A: Adapter>(
     let _ = channel.close(200, "stopping".into()).await;
     let _ = conn.close(200, "stopping".into()).await;
     result
+}
+
+/// Resolves once the flow is no longer [`Flow::Open`] (or its sender is gone).
+async fn until_not_open(flow: &mut watch::Receiver<Flow>) {
+    let _ = flow.wait_for(|f| *f != Flow::Open).await;
+}
+
+/// Cancels the consumer and hands every delivery it had prefetched back to the queue.
+async fn hand_back_prefetched<A: Adapter>(
+    shared: &Arc<Shared<A>>,
+    channel: &lapin::Channel,
+    tag: &str,
+    consumer: &mut lapin::Consumer,
+) {
+    if channel
+        .basic_cancel(tag.into(), BasicCancelOptions::default())
+        .await
+        .is_err()
+    {
+        return;
+    }
+    // The cancel ends the stream after the deliveries already received.
+    let mut held = Vec::new();
+    while let Ok(Some(Ok(d))) =
+        tokio::time::timeout(Duration::from_millis(500), consumer.next()).await
+    {
+        held.push(d);
+    }
+    if held.is_empty() {
+        return;
+    }
+    let n = held.len();
+    let slots: Vec<Slot> = held
+        .into_iter()
+        .map(|delivery| Slot {
+            attempts: 0,
+            polls: 0,
+            envelope: None,
+            key: None,
+            action: Some(Action::HandBack),
+            delivery,
+        })
+        .collect();
+    let failed = publish_routed(shared, &slots).await;
+    for (i, slot) in slots.iter().enumerate() {
+        let done = if failed.contains(&i) {
+            slot.delivery
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    multiple: false,
+                })
+                .await
+        } else {
+            slot.delivery.ack(BasicAckOptions::default()).await
+        };
+        if done.is_err() {
+            break;
+        }
+    }
+    shared
+        .metrics
+        .deliveries
+        .with_label_values(&["handed_back"])
+        .inc_by((n - failed.len()) as u64);
+    tracing::info!(
+        destination = shared.destination(),
+        handed_back = n - failed.len(),
+        requeued = failed.len(),
+        "paused: prefetched deliveries handed back to the queue"
+    );
 }
 
 /// What happens to one delivery.
@@ -216,9 +515,30 @@ enum Action {
     },
     /// Publish to the DLQ with the error headers, then ack.
     DeadLetter { failure: Failure, attempts: u32 },
-    /// Give it back to the queue (systemic pause, or a failed publish).
+    /// Paused work: publish a copy to the work queue, then ack, so that handing it back spends
+    /// none of the work queue's delivery limit (a nack would).
+    HandBack,
+    /// Give it back to the queue with a nack (a publish that could not be made).
     Requeue,
 }
+
+impl Action {
+    /// The `result` label of `leadpipe_deliveries_total`.
+    fn label(action: Option<&Action>) -> &'static str {
+        match action {
+            Some(Action::Ack(result)) => result,
+            Some(Action::Delay { code, .. }) if code == LEASE_HELD => "deferred",
+            Some(Action::Delay { code, .. }) if code == AWAITING => "awaiting_verdict",
+            Some(Action::Delay { .. }) => "retry",
+            Some(Action::DeadLetter { .. }) => "dead_lettered",
+            Some(Action::HandBack) => "handed_back",
+            Some(Action::Requeue) | None => "requeued",
+        }
+    }
+}
+
+/// The delay code of a copy whose event another worker holds.
+const LEASE_HELD: &str = "lease_held";
 
 struct Slot {
     delivery: Delivery,
@@ -226,7 +546,20 @@ struct Slot {
     /// `x-leadpipe-polls`: > 0 when the message came back for a verdict.
     polls: u32,
     envelope: Option<Envelope>,
+    /// The delivery-log key of a decoded event.
+    key: Option<EventKey>,
     action: Option<Action>,
+}
+
+/// What a batch showed of the destination.
+#[derive(Debug, Default)]
+pub(crate) struct BatchReport {
+    /// Requests made (events the destination was asked about).
+    pub(crate) requests: usize,
+    /// Of which failed transiently.
+    pub(crate) transient: usize,
+    /// The first systemic failure, if any.
+    pub(crate) systemic: Option<Failure>,
 }
 
 fn header_u32(table: Option<&FieldTable>, name: &str) -> u32 {
@@ -269,52 +602,19 @@ async fn process_batch<A: Adapter>(
     shared: &Arc<Shared<A>>,
     store: &Store,
     batch: Vec<Delivery>,
-) -> anyhow::Result<()> {
+    trial: bool,
+) -> anyhow::Result<BatchReport> {
     let now = Utc::now();
     let batch_started = SystemTime::now();
-    let mut slots: Vec<Slot> = batch
-        .into_iter()
-        .map(|delivery| {
-            let attempts = header_u32(delivery.properties.headers().as_ref(), headers::ATTEMPTS);
-            let polls = header_u32(delivery.properties.headers().as_ref(), headers::POLLS);
-            let decoded = serde_json::from_slice::<Envelope>(&delivery.data);
-            let (envelope, action) = match decoded {
-                Ok(env) if env.schema_version == leadpipe_events::SCHEMA_VERSION => {
-                    (Some(env), None)
-                }
-                Ok(env) => (
-                    None,
-                    Some(Action::DeadLetter {
-                        failure: Failure::new(
-                            "unsupported_schema",
-                            format!("schema_version {} is not supported", env.schema_version),
-                        ),
-                        attempts,
-                    }),
-                ),
-                Err(e) => (
-                    None,
-                    Some(Action::DeadLetter {
-                        failure: Failure::new("undecodable", describe_decode_error(&e)),
-                        attempts,
-                    }),
-                ),
-            };
-            Slot {
-                delivery,
-                attempts,
-                polls,
-                envelope,
-                action,
-            }
-        })
-        .collect();
+    let mut slots: Vec<Slot> = batch.into_iter().map(decode).collect();
 
     // Lag, and duplicates within the batch.
-    let mut first_of: HashMap<String, usize> = HashMap::new();
+    let mut first_of: HashMap<EventKey, usize> = HashMap::new();
     let mut claims = Vec::new();
     for (i, slot) in slots.iter_mut().enumerate() {
-        let Some(env) = &slot.envelope else { continue };
+        let (Some(env), Some(key)) = (&slot.envelope, &slot.key) else {
+            continue;
+        };
         let ingested = DateTime::parse_from_rfc3339(&env.ingested_at)
             .ok()
             .map(|t| t.with_timezone(&Utc));
@@ -324,14 +624,14 @@ async fn process_batch<A: Adapter>(
                 .lag
                 .observe((now - t).num_milliseconds().max(0) as f64 / 1000.0);
         }
-        if first_of.contains_key(&env.event_id) {
+        if first_of.contains_key(key) {
             slot.action = Some(Action::Ack("duplicate"));
             continue;
         }
-        first_of.insert(env.event_id.clone(), i);
+        first_of.insert(key.clone(), i);
         claims.push(ClaimRequest {
-            event_id: env.event_id.clone(),
-            event_name: env.event.name().to_owned(),
+            event_id: key.event_id.clone(),
+            event_name: key.event_name.clone(),
             source: env.event.source_id().to_owned(),
             ingested_at: ingested,
         });
@@ -349,6 +649,13 @@ async fn process_batch<A: Adapter>(
         }
     };
     shared.metrics.in_flight.add(claim.claimed.len() as i64);
+    // The leases are renewed for as long as the batch is in hand, so that a slow destination
+    // never lets another worker take over (and send again) an event still being sent.
+    let _renewal = LeaseRenewal::start(
+        shared.destination(),
+        store.clone(),
+        claim.claimed.iter().cloned().collect(),
+    );
 
     // Prepare what we hold.
     let mut outcomes: HashMap<usize, Outcome> = HashMap::new();
@@ -356,38 +663,54 @@ async fn process_batch<A: Adapter>(
     let mut to_poll: Vec<(usize, Awaiting)> = Vec::new();
     let mut traces: HashMap<usize, EventTrace> = HashMap::new();
     // In arrival order: a CRM must see a lead before its won.
-    let mut order: Vec<(&String, usize)> = first_of.iter().map(|(id, &i)| (id, i)).collect();
+    let mut order: Vec<(&EventKey, usize)> = first_of.iter().map(|(k, &i)| (k, i)).collect();
     order.sort_unstable_by_key(|&(_, i)| i);
-    for (id, i) in order {
+    for (key, i) in order {
         let slot = &mut slots[i];
-        if claim.done.contains(id) {
+        if claim.done.contains(key) {
             slot.action = Some(Action::Ack("duplicate"));
-        } else if let Some(reference) = claim.awaiting.get(id) {
-            if slot.polls > 0 {
-                // Back from the delay queue to ask for the destination's verdict.
+        } else if let Some(reference) = claim.awaiting.get(key) {
+            if slot.polls > 0 || slot.delivery.redelivered {
+                // Back from the delay queue to ask for the destination's verdict, or the
+                // accepted event's own message handed back before its wait could be routed
+                // (or its worker died): ask, never upload again.
                 to_poll.push((
                     i,
                     Awaiting {
-                        event_id: id.clone(),
+                        event_id: key.event_id.clone(),
                         reference: reference.clone(),
-                        poll: slot.polls,
+                        poll: slot.polls.max(1),
                     },
                 ));
             } else {
                 // Another copy of an event the destination already has.
                 slot.action = Some(Action::Ack("duplicate"));
             }
-        } else if let Some(left) = claim.busy.get(id) {
+        } else if let Some(left) = claim.busy.get(key) {
             // Another live worker holds it: look again once its lease has run out.
             slot.action = Some(Action::Delay {
                 delay: *left,
                 attempts: slot.attempts,
-                code: "lease_held".into(),
+                code: LEASE_HELD.into(),
                 poll: (slot.polls > 0).then_some(slot.polls),
             });
-        } else if claim.claimed.contains(id) {
+        } else if claim.claimed.contains(key) {
             let env = slot.envelope.as_ref().expect("claimed slots decoded");
-            match shared.adapter.prepare(env) {
+            // A panic preparing one event dead-letters that event alone.
+            let prepared =
+                std::panic::catch_unwind(AssertUnwindSafe(|| shared.adapter.prepare(env)))
+                    .unwrap_or_else(|_| {
+                        tracing::error!(
+                            destination = shared.destination(),
+                            event_id = %key.event_id,
+                            "the destination adapter panicked preparing the event"
+                        );
+                        Prepared::Done(Outcome::Permanent(Failure::new(
+                            "adapter_panic",
+                            "the destination adapter panicked preparing this event",
+                        )))
+                    });
+            match prepared {
                 Prepared::Done(outcome) => {
                     outcomes.insert(i, outcome);
                 }
@@ -401,7 +724,7 @@ async fn process_batch<A: Adapter>(
                     to_send.push((
                         i,
                         Item {
-                            event_id: id.clone(),
+                            event_id: key.event_id.clone(),
                             prepared,
                             traceparent: trace.as_ref().map(|t| t.call.to_string()),
                         },
@@ -416,7 +739,7 @@ async fn process_batch<A: Adapter>(
             slot.action = Some(Action::Delay {
                 delay: Duration::from_secs(1),
                 attempts: slot.attempts,
-                code: "lease_held".into(),
+                code: LEASE_HELD.into(),
                 poll: (slot.polls > 0).then_some(slot.polls),
             });
         }
@@ -429,7 +752,29 @@ async fn process_batch<A: Adapter>(
         let (indexes, items): (Vec<usize>, Vec<Item<A::Prepared>>) = to_send.into_iter().unzip();
         let started = Instant::now();
         let sent_at = SystemTime::now();
-        let results = shared.adapter.send(items).await;
+        let n = items.len();
+        // A panicking send: whether the request left is unknown, so its events are retried
+        // (with their ids, which the destination dedupes) rather than the whole batch
+        // redelivered with the outcomes of the other requests lost.
+        let results = AssertUnwindSafe(shared.adapter.send(items))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|_| {
+                tracing::error!(
+                    destination = shared.destination(),
+                    events = n,
+                    "the destination adapter panicked sending a request"
+                );
+                (0..n)
+                    .map(|_| Outcome::Retry {
+                        failure: Failure::new(
+                            "adapter_panic",
+                            "the destination adapter panicked sending the request",
+                        ),
+                        retry_after: None,
+                    })
+                    .collect()
+            });
         shared
             .metrics
             .request_seconds
@@ -455,112 +800,22 @@ async fn process_batch<A: Adapter>(
     }
 
     // Outcomes → actions and delivery log rows.
-    let s = &shared.settings;
     let mut records = Vec::new();
-    let mut systemic = None;
-    let (mut requests, mut transient) = (0usize, 0usize);
+    let mut report = BatchReport::default();
     for (i, outcome) in outcomes {
         let slot = &mut slots[i];
-        let event_id = slot
-            .envelope
-            .as_ref()
-            .map(|e| e.event_id.clone())
-            .unwrap_or_default();
-        let tried = i32::from(outcome.made_request());
-        requests += tried as usize;
-        let mut record = Record {
-            event_id,
-            status: None,
-            tried,
-            http_status: None,
-            error_code: None,
-            error_message: None,
-            reference: None,
-            payload: None,
-        };
-        let action = match outcome {
-            Outcome::Sent {
-                reference,
-                http_status,
-            } => {
-                record.status = Some(DeliveryStatus::Sent);
-                record.reference = reference;
-                record.http_status = http_status;
-                Action::Ack("success")
+        let key = slot.key.clone().expect("decided slots decoded");
+        if let Outcome::Systemic(failure) = &outcome {
+            report.systemic.get_or_insert_with(|| failure.clone());
+            // Paused at once, so the other channels stop taking deliveries now rather than
+            // after this batch is handed back (a trial's verdict is the trial's to give).
+            if !trial {
+                shared.pause(failure);
             }
-            Outcome::Accepted { reference } => {
-                // The message waits in the delay queues and comes back for the verdict.
-                record.status = Some(DeliveryStatus::Accepted);
-                record.reference = reference;
-                Action::Delay {
-                    delay: shared.adapter.verdict_delay(1),
-                    attempts: slot.attempts + 1,
-                    code: AWAITING.into(),
-                    poll: Some(1),
-                }
-            }
-            Outcome::DryRun { payload } => {
-                record.status = Some(DeliveryStatus::DryRun);
-                record.payload = Some(payload);
-                Action::Ack("dry_run")
-            }
-            Outcome::BlockedConsent => {
-                record.status = Some(DeliveryStatus::BlockedConsent);
-                Action::Ack("blocked_consent")
-            }
-            Outcome::Unmapped => {
-                record.status = Some(DeliveryStatus::SkippedUnmapped);
-                Action::Ack("skipped_unmapped")
-            }
-            Outcome::Expired => {
-                record.status = Some(DeliveryStatus::Expired);
-                Action::Ack("expired")
-            }
-            Outcome::Retry {
-                failure,
-                retry_after,
-            } => {
-                transient += 1;
-                let attempts = slot.attempts + 1;
-                record.http_status = failure.http_status;
-                record.error_code = Some(failure.code.clone());
-                record.error_message = Some(failure.message.clone());
-                if attempts >= s.max_attempts {
-                    record.status = Some(DeliveryStatus::DeadLettered);
-                    let message = format!("gave up after {attempts} attempts: {}", failure.message);
-                    record.error_message = Some(message.clone());
-                    Action::DeadLetter {
-                        failure: Failure { message, ..failure },
-                        attempts,
-                    }
-                } else {
-                    record.status = Some(DeliveryStatus::Retrying);
-                    Action::Delay {
-                        delay: retry::delay(attempts, s.retry_base, s.retry_max, retry_after),
-                        attempts,
-                        code: failure.code,
-                        poll: None,
-                    }
-                }
-            }
-            Outcome::Permanent(failure) => {
-                record.status = Some(DeliveryStatus::DeadLettered);
-                record.http_status = failure.http_status;
-                record.error_code = Some(failure.code.clone());
-                record.error_message = Some(failure.message.clone());
-                Action::DeadLetter {
-                    attempts: slot.attempts + tried as u32,
-                    failure,
-                }
-            }
-            Outcome::Systemic(failure) => {
-                record.http_status = failure.http_status;
-                record.error_code = Some(failure.code.clone());
-                record.error_message = Some(failure.message.clone());
-                systemic.get_or_insert(failure);
-                Action::Requeue
-            }
-        };
+        }
+        report.transient += usize::from(matches!(outcome, Outcome::Retry { .. }));
+        let (action, record) = decide(&shared.settings, &*shared.adapter, slot, key, outcome);
+        report.requests += record.tried as usize;
         slot.action = Some(action);
         records.push(record);
     }
@@ -568,13 +823,22 @@ async fn process_batch<A: Adapter>(
     // Verdicts on accepted events that came back to ask for them.
     let resolutions = ask_verdicts(shared, &mut slots, to_poll).await;
 
-    // Publish retries and dead letters (confirmed) before anything is acked.
-    let failed_publishes = publish_routed(shared, &slots).await;
+    // Publish retries, verdict waits, dead letters and handed-back work (confirmed) before
+    // anything is acked. While the broker blocks publishing or is away, the deliveries are
+    // held and the publishes tried again, so no retry skips its backoff and no accepted event
+    // is uploaded again.
+    let failed_publishes = publish_patiently(shared, &slots).await;
     for i in &failed_publishes {
-        let id = slots[*i].envelope.as_ref().map(|e| e.event_id.as_str());
-        if let Some(r) = records.iter_mut().find(|r| Some(r.event_id.as_str()) == id) {
-            // Not routed: release the claim so the redelivery is processed again.
-            r.status = None;
+        if let Some(r) = records
+            .iter_mut()
+            .find(|r| Some(&r.key) == slots[*i].key.as_ref())
+        {
+            // Not routed. An event the destination has accepted stays `accepted`, so that
+            // its redelivery asks for the verdict; anything else is released to be processed
+            // again.
+            if r.status != Some(DeliveryStatus::Accepted) {
+                r.status = None;
+            }
         }
         slots[*i].action = Some(Action::Requeue);
     }
@@ -582,16 +846,30 @@ async fn process_batch<A: Adapter>(
     // The destination has acted on these events: while the database is away the outcome is
     // written again and again, the deliveries held unacked, rather than handed back to the
     // queue to be sent a second time.
-    if let Err(e) = patiently(shared.destination(), "recording outcomes", || {
+    let lost = match patiently(shared.destination(), "recording outcomes", || {
         store.record(&records)
     })
     .await
     {
-        requeue_all(shared, &slots).await;
-        shared.metrics.in_flight.sub(claim.claimed.len() as i64);
-        return Err(anyhow::Error::new(e).context("recording outcomes failed"));
-    }
+        Ok(lost) => lost,
+        Err(e) => {
+            requeue_all(shared, &slots).await;
+            shared.metrics.in_flight.sub(claim.claimed.len() as i64);
+            return Err(anyhow::Error::new(e).context("recording outcomes failed"));
+        }
+    };
     shared.metrics.in_flight.sub(claim.claimed.len() as i64);
+    if !lost.is_empty() {
+        shared.metrics.lost_leases.inc_by(lost.len() as u64);
+        let ids: Vec<String> = lost.iter().map(ToString::to_string).collect();
+        tracing::warn!(
+            destination = shared.destination(),
+            event_ids = ?ids,
+            lease_secs = shared.settings.lease.as_secs(),
+            "lost leases: another worker took these events over before their outcome was written \
+             (the database was unreachable for longer than LEASE_SECS); the other worker's outcome stands"
+        );
+    }
     // A verdict whose delay or dead-letter publish failed is not written: the requeued
     // message asks again.
     let resolutions: Vec<Resolution> = resolutions
@@ -609,23 +887,191 @@ async fn process_batch<A: Adapter>(
     }
 
     acknowledge(shared, &slots).await?;
+    Ok(report)
+}
 
-    // "Every request failing" is systemic too, once it lasts.
-    if requests > 0 && transient == requests {
-        let n = shared.failing_batches.fetch_add(1, Ordering::AcqRel) + 1;
-        if n >= s.pause_after_failed_batches {
-            systemic.get_or_insert(Failure::new(
-                "all_requests_failing",
-                format!("every request of the last {n} batches failed"),
-            ));
+/// Reads one delivery's headers and body.
+fn decode(delivery: Delivery) -> Slot {
+    let attempts = header_u32(delivery.properties.headers().as_ref(), headers::ATTEMPTS);
+    let polls = header_u32(delivery.properties.headers().as_ref(), headers::POLLS);
+    let decoded = serde_json::from_slice::<Envelope>(&delivery.data);
+    let (envelope, action) = match decoded {
+        Ok(env) if env.schema_version == leadpipe_events::SCHEMA_VERSION => (Some(env), None),
+        Ok(env) => (
+            None,
+            Some(Action::DeadLetter {
+                failure: Failure::new(
+                    "unsupported_schema",
+                    format!("schema_version {} is not supported", env.schema_version),
+                ),
+                attempts,
+            }),
+        ),
+        Err(e) => (
+            None,
+            Some(Action::DeadLetter {
+                failure: Failure::new("undecodable", describe_decode_error(&e)),
+                attempts,
+            }),
+        ),
+    };
+    Slot {
+        key: envelope
+            .as_ref()
+            .map(|e| EventKey::new(e.event_id.clone(), e.event.name())),
+        delivery,
+        attempts,
+        polls,
+        envelope,
+        action,
+    }
+}
+
+/// One outcome → what happens to the delivery and what the delivery log records.
+fn decide<A: Adapter>(
+    s: &RuntimeSettings,
+    adapter: &A,
+    slot: &Slot,
+    key: EventKey,
+    outcome: Outcome,
+) -> (Action, Record) {
+    let tried = i32::from(outcome.made_request());
+    let mut record = Record {
+        key,
+        status: None,
+        tried,
+        http_status: None,
+        error_code: None,
+        error_message: None,
+        reference: None,
+        payload: None,
+    };
+    let action = match outcome {
+        Outcome::Sent {
+            reference,
+            http_status,
+        } => {
+            record.status = Some(DeliveryStatus::Sent);
+            record.reference = reference;
+            record.http_status = http_status;
+            Action::Ack("success")
         }
-    } else if requests > transient {
-        shared.failing_batches.store(0, Ordering::Release);
+        Outcome::Accepted { reference } => {
+            // The message waits in the delay queues and comes back for the verdict.
+            record.status = Some(DeliveryStatus::Accepted);
+            record.reference = reference;
+            Action::Delay {
+                delay: adapter.verdict_delay(1),
+                attempts: slot.attempts + 1,
+                code: AWAITING.into(),
+                poll: Some(1),
+            }
+        }
+        Outcome::DryRun { payload } => {
+            record.status = Some(DeliveryStatus::DryRun);
+            record.payload = Some(payload);
+            Action::Ack("dry_run")
+        }
+        Outcome::BlockedConsent => {
+            record.status = Some(DeliveryStatus::BlockedConsent);
+            Action::Ack("blocked_consent")
+        }
+        Outcome::Unmapped => {
+            record.status = Some(DeliveryStatus::SkippedUnmapped);
+            Action::Ack("skipped_unmapped")
+        }
+        Outcome::Expired => {
+            record.status = Some(DeliveryStatus::Expired);
+            Action::Ack("expired")
+        }
+        Outcome::Retry {
+            failure,
+            retry_after,
+        } => {
+            let attempts = slot.attempts + 1;
+            record.http_status = failure.http_status;
+            record.error_code = Some(failure.code.clone());
+            record.error_message = Some(failure.message.clone());
+            if attempts >= s.max_attempts {
+                record.status = Some(DeliveryStatus::DeadLettered);
+                let message = format!("gave up after {attempts} attempts: {}", failure.message);
+                record.error_message = Some(message.clone());
+                Action::DeadLetter {
+                    failure: Failure { message, ..failure },
+                    attempts,
+                }
+            } else {
+                record.status = Some(DeliveryStatus::Retrying);
+                Action::Delay {
+                    delay: retry::delay(attempts, s.retry_base, s.retry_max, retry_after),
+                    attempts,
+                    code: failure.code,
+                    poll: None,
+                }
+            }
+        }
+        Outcome::Permanent(failure) => {
+            record.status = Some(DeliveryStatus::DeadLettered);
+            record.http_status = failure.http_status;
+            record.error_code = Some(failure.code.clone());
+            record.error_message = Some(failure.message.clone());
+            Action::DeadLetter {
+                attempts: slot.attempts + tried as u32,
+                failure,
+            }
+        }
+        Outcome::Systemic(failure) => {
+            // Released, not decided; the delivery goes back to the queue unspent.
+            record.http_status = failure.http_status;
+            record.error_code = Some(failure.code.clone());
+            record.error_message = Some(failure.message.clone());
+            Action::HandBack
+        }
+    };
+    (action, record)
+}
+
+/// Renews a batch's leases every third of `LEASE_SECS` until dropped.
+struct LeaseRenewal(Option<tokio::task::JoinHandle<()>>);
+
+impl LeaseRenewal {
+    fn start(destination: &'static str, store: Store, mut keys: Vec<EventKey>) -> Self {
+        if keys.is_empty() {
+            return Self(None);
+        }
+        let every = (store.lease() / 3).max(Duration::from_millis(100));
+        Self(Some(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                match store.renew(&keys).await {
+                    Ok(lost) if !lost.is_empty() => {
+                        let ids: Vec<String> = lost.iter().map(ToString::to_string).collect();
+                        tracing::warn!(
+                            destination,
+                            event_ids = ?ids,
+                            "lease lost while the batch is in hand: another worker took these events over"
+                        );
+                        keys.retain(|k| !lost.contains(k));
+                        if keys.is_empty() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(destination, error = %e, "renewing leases failed; trying again");
+                    }
+                }
+            }
+        })))
     }
-    if let Some(reason) = systemic {
-        shared.pause(&reason);
+}
+
+impl Drop for LeaseRenewal {
+    fn drop(&mut self) {
+        if let Some(task) = self.0.take() {
+            task.abort();
+        }
     }
-    Ok(())
 }
 
 /// The spans of one event at this sender: its consume (continuing the publish that put it on
@@ -738,14 +1184,17 @@ async fn ask_verdicts<A: Adapter>(
     let s = &shared.settings;
     let (indexes, items): (Vec<usize>, Vec<Awaiting>) = to_poll.into_iter().unzip();
     let polled: Vec<u32> = items.iter().map(|a| a.poll).collect();
-    let ids: Vec<String> = items.iter().map(|a| a.event_id.clone()).collect();
+    let keys: Vec<EventKey> = indexes
+        .iter()
+        .map(|i| slots[*i].key.clone().expect("awaiting slots decoded"))
+        .collect();
     let verdicts = shared.adapter.verdicts(items).await;
     debug_assert_eq!(verdicts.len(), indexes.len());
     let mut out = Vec::new();
-    for (((i, poll), event_id), verdict) in indexes.into_iter().zip(polled).zip(ids).zip(verdicts) {
+    for (((i, poll), key), verdict) in indexes.into_iter().zip(polled).zip(keys).zip(verdicts) {
         let slot = &mut slots[i];
         let resolution = |status, failure: Option<&Failure>| Resolution {
-            event_id: event_id.clone(),
+            key: key.clone(),
             status,
             error_code: failure.map(|f| f.code.clone()),
             error_message: failure.map(|f| f.message.clone()),
@@ -817,12 +1266,74 @@ async fn ask_verdicts<A: Adapter>(
     out
 }
 
-/// Publishes every Delay and DeadLetter slot; returns the indexes whose publish failed.
+/// Publishes every routed slot ([`publish_routed`]); what fails is published again once the
+/// publisher can be used (the broker unblocked, or reconnected), with backoff, for at most
+/// [`PATIENCE`] — the deliveries stay unacked meanwhile. Returns what still failed then.
+async fn publish_patiently<A: Adapter>(shared: &Arc<Shared<A>>, slots: &[Slot]) -> Vec<usize> {
+    let mut failed = publish_routed(shared, slots).await;
+    if failed.is_empty() {
+        return failed;
+    }
+    let deadline = Instant::now() + PATIENCE;
+    let mut wait = Duration::from_millis(100);
+    while !failed.is_empty() && Instant::now() < deadline {
+        tracing::warn!(
+            destination = shared.destination(),
+            held = failed.len(),
+            blocked = shared.publisher.is_blocked(),
+            connected = shared.publisher.is_ready(),
+            "could not route retries, verdict waits or dead letters: the broker blocks publishing \
+             or is away; holding the deliveries and trying again"
+        );
+        shared.metrics.publish_holds.inc();
+        let left = deadline.saturating_duration_since(Instant::now());
+        if !shared.publisher.wait_usable(left).await {
+            break;
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(5));
+        failed = publish_routed_only(shared, slots, &failed).await;
+    }
+    if !failed.is_empty() {
+        tracing::warn!(
+            destination = shared.destination(),
+            requeued = failed.len(),
+            "could not route for {} s: returning the deliveries to the queue",
+            PATIENCE.as_secs()
+        );
+    }
+    failed
+}
+
+/// Publishes the routed slots among `only`; returns the indexes whose publish failed.
+async fn publish_routed_only<A: Adapter>(
+    shared: &Arc<Shared<A>>,
+    slots: &[Slot],
+    only: &[usize],
+) -> Vec<usize> {
+    routed(shared, slots, Some(only)).await
+}
+
+/// Publishes every routed slot (Delay, DeadLetter, HandBack); returns the indexes whose
+/// publish failed.
 async fn publish_routed<A: Adapter>(shared: &Arc<Shared<A>>, slots: &[Slot]) -> Vec<usize> {
+    routed(shared, slots, None).await
+}
+
+/// Publishes every Delay, DeadLetter and HandBack slot (of `only`, when given); returns the
+/// indexes whose publish failed.
+async fn routed<A: Adapter>(
+    shared: &Arc<Shared<A>>,
+    slots: &[Slot],
+    only: Option<&[usize]>,
+) -> Vec<usize> {
     let destination = shared.adapter.destination();
     let delay_exchange = shared.names.delay_exchange();
     let dlx = shared.names.dead_letter_exchange();
     let jobs = slots.iter().enumerate().filter_map(|(i, slot)| {
+        if only.is_some_and(|o| !o.contains(&i)) {
+            return None;
+        }
         let mut headers = slot
             .delivery
             .properties
@@ -861,7 +1372,11 @@ async fn publish_routed<A: Adapter>(shared: &Arc<Shared<A>>, slots: &[Slot]) -> 
                     }
                 }
                 if code != AWAITING {
-                    shared.metrics.retries.with_label_values(&[code.as_str()]).inc();
+                    shared
+                        .metrics
+                        .retries
+                        .with_label_values(&[code.as_str()])
+                        .inc();
                 }
                 let tier = tier_for(*delay);
                 (
@@ -870,9 +1385,25 @@ async fn publish_routed<A: Adapter>(shared: &Arc<Shared<A>>, slots: &[Slot]) -> 
                     Some(delay.as_millis().min(tier.as_millis()) as u64),
                 )
             }
+            Action::HandBack => {
+                // A fresh copy at the work queue's tail: the broker's delivery count starts
+                // again, so a pause never spends the work queue's delivery limit.
+                let mut kept = FieldTable::default();
+                for (k, v) in headers.inner() {
+                    if k.as_str() != "x-delivery-count" {
+                        kept.insert(k.clone(), v.clone());
+                    }
+                }
+                headers = kept;
+                (String::new(), shared.names.work_queue(destination), None)
+            }
             Action::DeadLetter { failure, attempts } => {
                 set(&mut headers, headers::ERROR_CODE, failure.code.clone());
-                set(&mut headers, headers::ERROR_MESSAGE, failure.message.clone());
+                set(
+                    &mut headers,
+                    headers::ERROR_MESSAGE,
+                    failure.message.clone(),
+                );
                 if let Some(status) = failure.http_status {
                     set(&mut headers, headers::HTTP_STATUS, status.to_string());
                 }
@@ -906,7 +1437,7 @@ async fn publish_routed<A: Adapter>(shared: &Arc<Shared<A>>, slots: &[Slot]) -> 
             match shared.publisher.publish(&msg).await {
                 Ok(()) => None,
                 Err(e) => {
-                    tracing::warn!(error = %e, event_id = %message_id, "could not route; returning it to the queue");
+                    tracing::debug!(error = %e, event_id = %message_id, "could not route");
                     Some(i)
                 }
             }
@@ -924,14 +1455,7 @@ async fn publish_routed<A: Adapter>(shared: &Arc<Shared<A>>, slots: &[Slot]) -> 
 async fn acknowledge<A: Adapter>(shared: &Arc<Shared<A>>, slots: &[Slot]) -> anyhow::Result<()> {
     let metrics = &shared.metrics;
     for slot in slots {
-        let label = match &slot.action {
-            Some(Action::Ack(result)) => *result,
-            Some(Action::Delay { code, .. }) if code == "lease_held" => "deferred",
-            Some(Action::Delay { code, .. }) if code == AWAITING => "awaiting_verdict",
-            Some(Action::Delay { .. }) => "retry",
-            Some(Action::DeadLetter { .. }) => "dead_lettered",
-            Some(Action::Requeue) | None => "requeued",
-        };
+        let label = Action::label(slot.action.as_ref());
         metrics.deliveries.with_label_values(&[label]).inc();
         // One span per event, carrying the trace context that came with the message.
         let span = tracing::info_span!(
@@ -998,32 +1522,31 @@ async fn requeue_all<A: Adapter>(shared: &Shared<A>, slots: &[Slot]) {
     }
 }
 
-/// Probes the destination with backoff while paused, and resumes when it answers.
+/// Probes the destination with backoff while paused; when a probe passes, the sender goes
+/// half-open (one trial batch first, [`Flow::Trial`]). The wait doubles after every failed
+/// probe or trial, up to `PAUSE_PROBE_MAX_MS`, and starts again only once a batch goes through.
 pub(crate) async fn run_prober<A: Adapter>(shared: Arc<Shared<A>>, shutdown: CancellationToken) {
-    let mut paused = shared.paused.subscribe();
+    let mut flow = shared.flow.subscribe();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            r = paused.wait_for(|p| *p) => if r.is_err() { return },
+            r = flow.wait_for(|f| *f == Flow::Paused) => if r.is_err() { return },
         }
         shared.metrics.ready.set(0);
-        let mut wait = Duration::from_millis(500).min(shared.settings.pause_probe_max);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(wait) => {}
+                _ = tokio::time::sleep(shared.probe_wait()) => {}
             }
             if shared.adapter.probe().await {
                 tracing::info!(
                     destination = shared.destination(),
-                    "destination accepts requests again: resuming"
+                    "the probe passed: half-open, a trial batch goes first"
                 );
-                shared.failing_batches.store(0, Ordering::Release);
-                shared.metrics.paused.set(0);
-                shared.paused.send_replace(false);
+                shared.start_trial();
                 break;
             }
-            wait = (wait * 2).min(shared.settings.pause_probe_max);
+            shared.lengthen_probe_wait();
         }
     }
 }

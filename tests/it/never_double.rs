@@ -1,0 +1,371 @@
+//! Senders under slow, paused and misconfigured conditions: never a silent discard, never a
+//! double send. Each test here failed before the runtime learnt the case.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use leadpipe_bus::Destination;
+use leadpipe_consumer::{Failure, Item, Outcome, Prepared, Sender};
+use leadpipe_tests::{Pipeline, SenderOptions, eventually, recent_lead, start_sender};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// A `won` of `lead_id`, an hour ago.
+fn won(lead_id: &str, order: &str) -> Value {
+    let mut e = recent_lead(lead_id);
+    e["event_name"] = json!("won");
+    e["order_id"] = json!(order);
+    e["value"] = json!(120);
+    e["currency"] = json!("usd");
+    e
+}
+
+/// Sums a counter over several senders' `/metrics` pages.
+fn counter(pages: &[String], series: &str) -> u64 {
+    pages
+        .iter()
+        .flat_map(|p| p.lines())
+        .filter_map(|l| l.strip_prefix(series))
+        .filter_map(|v| v.trim().parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+#[tokio::test]
+async fn a_destination_slower_than_the_lease_never_gets_an_event_twice() {
+    // Arrange: GA4 (which does not dedupe generate_lead) answers after 1.5 × LEASE_SECS; two
+    // replicas share the queue.
+    let p = Pipeline::new().await;
+    let lease = Duration::from_secs(2);
+    p.ga4.set_latency(lease * 3 / 2);
+    let opts = SenderOptions {
+        lease,
+        ..SenderOptions::default()
+    };
+    let a = p.start_ga4(opts.clone()).await;
+    let b = p.start_ga4(opts).await;
+    let event = recent_lead("L-slow");
+
+    // Act: the event is taken and its request hangs; once the lease would have run out, a
+    // copy of the same event (a client retry) arrives and is consumed meanwhile.
+    let id = p.publish(&event).await;
+    p.wait_status_in(Destination::Ga4, &id, "in_flight", WAIT)
+        .await;
+    tokio::time::sleep(lease + Duration::from_millis(300)).await;
+    assert_eq!(p.publish(&event).await, id);
+
+    // Assert: sent once; the copy waited for the lease and was then acked as a duplicate.
+    p.wait_status_in(Destination::Ga4, &id, "sent", WAIT).await;
+    let settled = eventually(WAIT, || async {
+        let pages = [a.metrics().await, b.metrics().await];
+        counter(
+            &pages,
+            r#"leadpipe_deliveries_total{destination="ga4",result="duplicate"}"#,
+        ) >= 1
+    })
+    .await;
+    assert!(settled, "the copy was never decided");
+    assert_eq!(p.ga4.collected_counts().get(&id), Some(&1));
+    let pages = [a.metrics().await, b.metrics().await];
+    assert!(
+        counter(
+            &pages,
+            r#"leadpipe_deliveries_total{destination="ga4",result="deferred"}"#
+        ) >= 1,
+        "the copy should have found the lease held"
+    );
+    assert_eq!(
+        counter(&pages, r#"leadpipe_lost_leases_total{destination="ga4"}"#),
+        0
+    );
+    a.stop().await;
+    b.stop().await;
+    p.cleanup().await;
+}
+
+/// A destination that passes its probe (a read) but refuses every write for `refusals`
+/// requests (a token without write scope), then accepts; records what it accepted.
+struct WriteScope {
+    refusals: usize,
+    calls: Mutex<usize>,
+    sent: Arc<Mutex<Vec<String>>>,
+}
+
+impl leadpipe_consumer::Adapter for WriteScope {
+    type Prepared = ();
+    fn destination(&self) -> Destination {
+        Destination::Crm
+    }
+    fn max_batch(&self) -> usize {
+        100
+    }
+    fn prepare(&self, _: &leadpipe_events::Envelope) -> Prepared<()> {
+        Prepared::Send(())
+    }
+    async fn send(&self, items: Vec<Item<()>>) -> Vec<Outcome> {
+        let call = {
+            let mut calls = self.calls.lock().unwrap();
+            *calls += 1;
+            *calls
+        };
+        if call <= self.refusals {
+            let refused = Failure::new("http_403", "the token lacks write scope").with_status(403);
+            return items
+                .iter()
+                .map(|_| Outcome::Systemic(refused.clone()))
+                .collect();
+        }
+        let mut sent = self.sent.lock().unwrap();
+        items
+            .into_iter()
+            .map(|item| {
+                sent.push(item.event_id);
+                Outcome::Sent {
+                    reference: None,
+                    http_status: Some(200),
+                }
+            })
+            .collect()
+    }
+    async fn probe(&self) -> bool {
+        true
+    }
+}
+
+#[tokio::test]
+async fn a_destination_that_passes_its_probe_but_refuses_writes_never_drains_the_queue_to_the_dlq()
+{
+    // Arrange: 40 events wait; the work queue's delivery limit is 20, fewer than the cycles.
+    let p = Pipeline::new().await;
+    let mut ids = Vec::new();
+    for i in 0..40 {
+        ids.push(p.publish(&recent_lead(&format!("L-scope-{i}"))).await);
+    }
+    let sent = Arc::new(Mutex::new(Vec::new()));
+    let adapter = WriteScope {
+        refusals: 30,
+        calls: Mutex::new(0),
+        sent: sent.clone(),
+    };
+    let mut runtime = p.runtime_settings(&SenderOptions::default());
+    runtime.pause_probe_max = Duration::from_millis(40);
+    runtime.batch_max_wait = Duration::from_millis(20);
+
+    // Act: every cycle is send → systemic → pause → probe passes → trial; after 30 refused
+    // requests the permission is granted.
+    let stop = CancellationToken::new();
+    let sender = Sender::build(runtime, adapter, stop.clone()).await.unwrap();
+    let base = format!("http://{}", sender.metrics_addr());
+    let handle = tokio::spawn(sender.run_until_stopped(stop.clone()));
+    let saw_paused: Arc<Mutex<Option<Value>>> = Arc::default();
+    let delivered = eventually(WAIT, || async {
+        if saw_paused.lock().unwrap().is_none()
+            && let Ok(r) = reqwest::get(format!("{base}/readyz")).await
+            && r.status() == 503
+        {
+            let body: Value = r.json().await.unwrap_or_default();
+            if body["reason"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("paused"))
+            {
+                *saw_paused.lock().unwrap() = Some(body);
+            }
+        }
+        sent.lock().unwrap().len() >= ids.len()
+    })
+    .await;
+
+    // Assert: nothing dead-lettered, every event delivered once, a pause per refusal.
+    assert!(
+        delivered,
+        "delivered {} of {}",
+        sent.lock().unwrap().len(),
+        ids.len()
+    );
+    assert_eq!(p.dlq_depth(Destination::Crm).await, 0);
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for id in sent.lock().unwrap().iter() {
+        *counts.entry(id.clone()).or_default() += 1;
+    }
+    assert!(
+        ids.iter().all(|id| counts.get(id) == Some(&1)),
+        "{counts:?}"
+    );
+    let metrics = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    // The first pause meets a refused batch on each of the two consumer channels; every later
+    // cycle is one trial batch.
+    let pauses = counter(
+        &[metrics],
+        r#"leadpipe_destination_pauses_total{destination="crm"}"#,
+    );
+    assert!(pauses >= 29, "paused {pauses} times");
+    let body = saw_paused
+        .lock()
+        .unwrap()
+        .clone()
+        .expect("/readyz said paused");
+    assert!(
+        body["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("http_403") && r.contains("next probe in")),
+        "{body}"
+    );
+    assert!(
+        eventually(WAIT, || async {
+            reqwest::get(format!("{base}/readyz"))
+                .await
+                .is_ok_and(|r| r.status() == 200)
+        })
+        .await
+    );
+    stop.cancel();
+    let _ = handle.await;
+    p.cleanup().await;
+}
+
+/// Panics preparing the event of lead `L-boom`; sends everything else.
+struct PanicsOnOne {
+    sent: Arc<Mutex<Vec<String>>>,
+}
+
+impl leadpipe_consumer::Adapter for PanicsOnOne {
+    type Prepared = String;
+    fn destination(&self) -> Destination {
+        Destination::Crm
+    }
+    fn max_batch(&self) -> usize {
+        100
+    }
+    fn prepare(&self, env: &leadpipe_events::Envelope) -> Prepared<String> {
+        let lead = env.event.lead_id.clone().unwrap_or_default();
+        assert!(lead != "L-boom", "adapter bug on this event");
+        Prepared::Send(lead)
+    }
+    async fn send(&self, items: Vec<Item<String>>) -> Vec<Outcome> {
+        let mut sent = self.sent.lock().unwrap();
+        items
+            .into_iter()
+            .map(|i| {
+                sent.push(i.prepared);
+                Outcome::Sent {
+                    reference: None,
+                    http_status: Some(200),
+                }
+            })
+            .collect()
+    }
+    async fn probe(&self) -> bool {
+        true
+    }
+}
+
+#[tokio::test]
+async fn a_panic_preparing_one_event_dead_letters_it_alone_and_sends_its_neighbours_once() {
+    // Arrange: three events in one batch, the middle one makes the adapter panic.
+    let p = Pipeline::new().await;
+    let a = p.publish(&recent_lead("L-before")).await;
+    let boom = p.publish(&recent_lead("L-boom")).await;
+    let c = p.publish(&recent_lead("L-after")).await;
+    let sent = Arc::new(Mutex::new(Vec::new()));
+    let runtime = p.runtime_settings(&SenderOptions::default());
+
+    // Act
+    let sender = start_sender(runtime, PanicsOnOne { sent: sent.clone() }).await;
+
+    // Assert
+    p.wait_status_in(Destination::Crm, &boom, "dead_lettered", WAIT)
+        .await;
+    p.wait_status_in(Destination::Crm, &a, "sent", WAIT).await;
+    p.wait_status_in(Destination::Crm, &c, "sent", WAIT).await;
+    let dead = p
+        .broker
+        .take(&p.names.dead_letter_queue(Destination::Crm), 1, WAIT)
+        .await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].message_id().as_deref(), Some(boom.as_str()));
+    assert_eq!(
+        dead[0].header("x-leadpipe-error-code").as_deref(),
+        Some("adapter_panic")
+    );
+    assert_eq!(*sent.lock().unwrap(), ["L-before", "L-after"]);
+    sender.stop().await;
+    p.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_lead_and_a_won_sharing_one_event_id_both_reach_meta() {
+    // Arrange: a client that uses one pixel event id for the lead and for its won (Meta
+    // deduplicates on event_name + event_id, so both are distinct conversions).
+    let p = Pipeline::new().await;
+    let mut lead = recent_lead("L-shared-id");
+    lead["event_id"] = json!("px-4242");
+    let mut purchase = won("L-shared-id", "O-4242");
+    purchase["event_id"] = json!("px-4242");
+    let sender = p.start_meta(SenderOptions::default()).await;
+
+    // Act
+    p.publish(&lead).await;
+    p.publish(&purchase).await;
+
+    // Assert: both delivered, each once, and both rows in the delivery log.
+    let both = eventually(WAIT, || async {
+        let (n,): (i64,) = sqlx::query_as(
+            "SELECT count(*) FROM deliveries
+             WHERE destination = 'meta' AND event_id = 'px-4242' AND status = 'sent'",
+        )
+        .fetch_one(&p.pool)
+        .await
+        .unwrap();
+        n == 2
+    })
+    .await;
+    assert!(both, "the lead and the won were not both sent");
+    let mut seen: Vec<(String, String)> = p
+        .meta
+        .requests()
+        .iter()
+        .filter(|r| r.status == 200)
+        .flat_map(|r| r.body["data"].as_array().cloned().unwrap_or_default())
+        .map(|e| {
+            (
+                e["event_name"].as_str().unwrap_or_default().to_owned(),
+                e["event_id"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            ("Lead".to_owned(), "px-4242".to_owned()),
+            ("Purchase".to_owned(), "px-4242".to_owned())
+        ]
+    );
+    // `leadpipe trace` shows both.
+    let out = tokio::process::Command::new(leadpipe_tests::bin_path("leadpipe"))
+        .args(["trace", "px-4242"])
+        .env("DATABASE_URL", &p.database_url)
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.contains("meta") && l.contains("lead") && l.contains("sent"))
+            && text
+                .lines()
+                .any(|l| l.contains("meta") && l.contains("won") && l.contains("sent")),
+        "{text}"
+    );
+    sender.stop().await;
+    p.cleanup().await;
+}
