@@ -76,7 +76,10 @@ async fn every_sender_without_its_credentials_and_without_dry_run_exits_2_naming
         let (code, stderr) = refused(&p, binary, env).await;
         assert_eq!(code, Some(2), "{binary} {env:?}: {stderr}");
         for name in missing {
-            assert!(stderr.contains(name), "{binary} {env:?} must name {name}: {stderr}");
+            assert!(
+                stderr.contains(name),
+                "{binary} {env:?} must name {name}: {stderr}"
+            );
         }
         assert!(stderr.contains("DRY_RUN=true"), "{stderr}");
     }
