@@ -38,11 +38,18 @@ async fn refused(p: &Pipeline, binary: &str, env: &[(&str, &str)]) -> (Option<i3
     )
 }
 
+/// (binary, the variables set, the ones it must name as missing).
+type Case = (
+    &'static str,
+    &'static [(&'static str, &'static str)],
+    &'static [&'static str],
+);
+
 #[tokio::test]
 async fn every_sender_without_its_credentials_and_without_dry_run_exits_2_naming_each_missing_variable()
  {
     let p = Pipeline::new().await;
-    let cases: [(&str, &[(&str, &str)], &[&str]); 6] = [
+    let cases: [Case; 6] = [
         ("meta-sender", &[], &["META_PIXEL_ID", "META_ACCESS_TOKEN"]),
         (
             "meta-sender",
