@@ -324,6 +324,37 @@ impl Broker {
         }
     }
 
+    /// The broker's delivery count (`x-delivery-count`) of every message in `queue`, read
+    /// with `basic.get` and returned unacked (which adds one to each).
+    pub async fn delivery_counts(&self, queue: &str) -> Vec<i64> {
+        let channel = self.conn.create_channel().await.unwrap();
+        let mut out = Vec::new();
+        while let Some(m) = channel
+            .basic_get(
+                queue.into(),
+                lapin::options::BasicGetOptions { no_ack: false },
+            )
+            .await
+            .unwrap()
+        {
+            let count = m
+                .delivery
+                .properties
+                .headers()
+                .as_ref()
+                .and_then(|h| h.inner().get("x-delivery-count").cloned());
+            out.push(match count {
+                Some(lapin::types::AMQPValue::LongLongInt(n)) => n,
+                Some(lapin::types::AMQPValue::LongInt(n)) => i64::from(n),
+                Some(lapin::types::AMQPValue::LongUInt(n)) => i64::from(n),
+                Some(other) => panic!("x-delivery-count is {other:?}"),
+                None => 0,
+            });
+        }
+        let _ = channel.close(200, "read only".into()).await;
+        out
+    }
+
     /// Ready messages in `queue`.
     pub async fn depth(&self, queue: &str) -> u32 {
         leadpipe_bus::topology::queue_depth(&self.channel, queue)

@@ -261,3 +261,53 @@ async fn replay_since_a_time_keeps_events_the_destination_would_now_refuse_as_to
     assert!(!ok && err.contains("--since"), "{err}");
     p.cleanup().await;
 }
+
+#[tokio::test]
+async fn thirty_inspections_spend_no_delivery_attempt_and_a_replay_then_finds_every_message() {
+    // Arrange: three dead letters.
+    let p = Pipeline::new().await;
+    let now = chrono::Utc::now();
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(
+            dead_letter(
+                &p,
+                &recent_lead(&format!("L-inspected-{i}")),
+                now - chrono::Duration::minutes(5),
+            )
+            .await,
+        );
+    }
+    let dlq = p.names.dead_letter_queue(Destination::Meta);
+    assert!(eventually(WAIT, || async { p.broker.depth(&dlq).await == 3 }).await);
+
+    // Act: thirty inspections, each of stats, list and a dry-run replay in turn (on RabbitMQ
+    // 4.x a quorum queue's default delivery limit of 20 would have discarded them).
+    for round in 0..30 {
+        let args: &[&str] = match round % 3 {
+            0 => &["dlq", "stats"],
+            1 => &["dlq", "list", "meta"],
+            _ => &["dlq", "replay", "meta", "--dry-run"],
+        };
+        let (ok, out, err) = cli(&p, args).await;
+        assert!(ok, "{args:?}: {out}{err}");
+    }
+
+    // Assert: every message is still there with no delivery counted against it, and a replay
+    // moves all three.
+    assert_eq!(p.broker.depth(&dlq).await, 3);
+    let counts = p.broker.delivery_counts(&dlq).await;
+    assert_eq!(counts.len(), 3);
+    assert!(counts.iter().all(|c| *c <= 1), "delivery counts {counts:?}");
+    assert!(eventually(WAIT, || async { p.broker.depth(&dlq).await == 3 }).await);
+    let (ok, out, err) = cli(&p, &["dlq", "replay", "meta"]).await;
+    assert!(ok, "{err}");
+    assert!(out.contains("replayed 3 message(s)"), "{out}");
+    let work = p.names.work_queue(Destination::Meta);
+    let moved = p.broker.take(&work, 3, WAIT).await;
+    let mut moved_ids: Vec<String> = moved.iter().filter_map(|m| m.message_id()).collect();
+    moved_ids.sort();
+    ids.sort();
+    assert_eq!(moved_ids, ids);
+    p.cleanup().await;
+}

@@ -1,9 +1,12 @@
 //! `leadpipe dlq stats | list | replay`: inspect and replay dead-letter queues.
 //!
-//! Reading a DLQ never loses a message: `stats` and `list` read every message once and close
-//! the channel without acking, which returns them all; `replay` moves a message only after the
-//! broker confirmed it on its new queue, and walks the queue once (messages it keeps are moved
-//! to the DLQ's tail, so a pass never sees a message twice). Output never includes a body:
+//! Reading a DLQ never loses a message and never spends its delivery attempts: `stats`, `list`
+//! and `replay --dry-run` read every message once, put a copy back at the DLQ's tail (once the
+//! broker confirmed it) and ack the original, so the broker's delivery count never grows with
+//! inspections (on RabbitMQ 4.x quorum queues default to a delivery limit of 20, which would
+//! discard a DLQ inspected twenty times); `replay` moves a message only after the broker
+//! confirmed it on its new queue, and walks the queue once (messages it keeps are moved to the
+//! DLQ's tail, so a pass never sees a message twice). Output never includes a body:
 //! only ids and the error headers, which carry no PII.
 
 use std::collections::BTreeMap;
@@ -75,11 +78,62 @@ async fn read_all(channel: &lapin::Channel, queue: &str) -> anyhow::Result<Vec<D
     Ok(out)
 }
 
+/// Puts a copy of each read message back at its DLQ's tail, then acks the original, so that
+/// reading spends none of the message's delivery attempts. A copy that is not confirmed leaves
+/// its original unacked (returned to the queue when the channel closes).
+async fn give_back(
+    publisher: &Publisher,
+    names: &Names,
+    dest: Destination,
+    messages: &[Delivery],
+) -> anyhow::Result<()> {
+    for m in messages {
+        let mut headers = FieldTable::default();
+        for (k, v) in m.properties.headers().clone().unwrap_or_default().inner() {
+            if k.as_str() != "x-delivery-count" {
+                headers.insert(k.clone(), v.clone());
+            }
+        }
+        publisher
+            .publish(&OutgoingMessage {
+                exchange: &names.dead_letter_exchange(),
+                routing_key: dest.as_str(),
+                body: &m.data,
+                message_id: &message_id(m),
+                headers,
+                expiration_ms: None,
+            })
+            .await?;
+        m.ack(BasicAckOptions::default()).await?;
+    }
+    Ok(())
+}
+
+/// A confirmed publisher for the CLI, or an error naming the broker.
+async fn cli_publisher(
+    amqp: &AmqpSettings,
+    names: &Names,
+    stop: &CancellationToken,
+) -> anyhow::Result<Publisher> {
+    let publisher = Publisher::start(
+        PublisherSettings::new(amqp.url.clone(), "leadpipe-cli"),
+        names.clone(),
+        stop.clone(),
+    );
+    anyhow::ensure!(
+        publisher.wait_ready(Duration::from_secs(10)).await,
+        "cannot publish to RabbitMQ"
+    );
+    Ok(publisher)
+}
+
 /// `dlq stats`: messages per destination and error code.
 pub(crate) async fn stats() -> anyhow::Result<ExitCode> {
     let amqp = AmqpSettings::from_env()?;
     let names = Names::new(amqp.namespace.clone());
     let conn = leadpipe_bus::connect(&amqp.url, "leadpipe-cli").await?;
+    let stop = CancellationToken::new();
+    let publisher = cli_publisher(&amqp, &names, &stop).await?;
     println!(
         "{:<11} {:<28} {:>8}",
         "destination", "error code", "messages"
@@ -100,9 +154,10 @@ pub(crate) async fn stats() -> anyhow::Result<ExitCode> {
         for (code, n) in counts {
             println!("{:<11} {code:<28} {n:>8}", d.as_str());
         }
-        // Closing without acks returns every message to the queue.
+        give_back(&publisher, &names, d, &messages).await?;
         let _ = channel.close(200, "read only".into()).await;
     }
+    stop.cancel();
     let _ = conn.close(200, "done".into()).await;
     Ok(ExitCode::SUCCESS)
 }
@@ -112,6 +167,8 @@ pub(crate) async fn list(dest: Destination, limit: usize) -> anyhow::Result<Exit
     let amqp = AmqpSettings::from_env()?;
     let names = Names::new(amqp.namespace.clone());
     let conn = leadpipe_bus::connect(&amqp.url, "leadpipe-cli").await?;
+    let stop = CancellationToken::new();
+    let publisher = cli_publisher(&amqp, &names, &stop).await?;
     let channel = conn.create_channel().await?;
     let messages = read_all(&channel, &names.dead_letter_queue(dest)).await?;
     println!(
@@ -130,6 +187,8 @@ pub(crate) async fn list(dest: Destination, limit: usize) -> anyhow::Result<Exit
             header(m, headers::ERROR_MESSAGE).unwrap_or_else(|| "(no message)".into()),
         );
     }
+    give_back(&publisher, &names, dest, &messages).await?;
+    stop.cancel();
     let _ = channel.close(200, "read only".into()).await;
     let _ = conn.close(200, "done".into()).await;
     Ok(ExitCode::SUCCESS)
@@ -264,6 +323,10 @@ pub(crate) async fn replay(
             messages.len(),
             dest.as_str()
         );
+        let stop = CancellationToken::new();
+        let publisher = cli_publisher(&amqp, &names, &stop).await?;
+        give_back(&publisher, &names, dest, &messages).await?;
+        stop.cancel();
         let _ = channel.close(200, "dry run".into()).await;
         return Ok(ExitCode::SUCCESS);
     }
