@@ -1,4 +1,5 @@
-//! The broker and the database restarted mid-stream, under one running sender and under the
+//! The broker and the database restarted mid-stream, and a broker memory alarm, under one
+//! running sender or under the
 //! whole pipeline as processes (ingest and the four senders on the mixed stream): nothing
 //! accepted is lost, nothing is sent twice.
 //!
@@ -222,6 +223,83 @@ async fn a_database_restart_under_the_whole_pipeline_loses_and_doubles_nothing()
     driver.post(&stream, rest).await;
 
     // Assert
+    check(
+        &run.p,
+        &stream,
+        &driver,
+        Repeats::Never,
+        Duration::from_secs(180),
+    )
+    .await;
+    run.stop().await;
+}
+
+/// The broker's memory high watermark as a fraction (`rabbitmqctl eval`), to put it back.
+async fn memory_watermark() -> String {
+    let out = tokio::process::Command::new("rabbitmqctl")
+        .args(["eval", "vm_memory_monitor:get_vm_memory_high_watermark()."])
+        .output()
+        .await
+        .expect("rabbitmqctl runs");
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(
+        out.status.success() && text.parse::<f64>().is_ok(),
+        "the watermark is a fraction here: {text}"
+    );
+    text
+}
+
+/// Puts the memory watermark back when dropped, whatever happened before.
+struct RestoreWatermarkOnDrop(String);
+
+impl Drop for RestoreWatermarkOnDrop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("rabbitmqctl")
+            .args(["set_vm_memory_high_watermark", &self.0])
+            .stdout(std::process::Stdio::null())
+            .status();
+    }
+}
+
+/// Whether the broker reports a memory alarm.
+async fn memory_alarm() -> bool {
+    let out = tokio::process::Command::new("rabbitmqctl")
+        .args(["eval", "rabbit_alarm:get_alarms()."])
+        .output()
+        .await
+        .expect("rabbitmqctl runs");
+    String::from_utf8_lossy(&out.stdout).contains("memory")
+}
+
+#[tokio::test]
+async fn a_memory_alarm_under_the_whole_pipeline_holds_publishes_and_resends_nothing() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    // Arrange: the whole pipeline, half the stream posted and requests flowing (Google's
+    // accepted events need a publish each to wait for their verdicts).
+    let (run, stream, mut driver, rest) = pipeline_under_way().await;
+    let original = memory_watermark().await;
+    let guard = RestoreWatermarkOnDrop(original.clone());
+
+    // Act: a memory alarm blocks every publish for longer than a publish's confirm deadline
+    // (5 s), while consuming goes on; then it clears and the client posts the rest.
+    rabbitmqctl(&["set_vm_memory_high_watermark", "0.0000001"]).await;
+    assert!(
+        eventually(Duration::from_secs(30), memory_alarm).await,
+        "no memory alarm"
+    );
+    let blocked_at = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    rabbitmqctl(&["set_vm_memory_high_watermark", &original]).await;
+    drop(guard);
+    assert!(
+        eventually(Duration::from_secs(30), || async { !memory_alarm().await }).await,
+        "the alarm did not clear"
+    );
+    println!("memory alarm held {:?}", blocked_at.elapsed());
+    driver.post(&stream, rest).await;
+
+    // Assert: nothing lost, nothing uploaded twice (no repeat allowed at any destination),
+    // every sender consuming again.
     check(
         &run.p,
         &stream,

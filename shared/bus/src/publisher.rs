@@ -66,6 +66,11 @@ pub struct PublisherSettings {
     /// Confirm-mode channels publishes are spread over (the broker runs each channel as one
     /// process).
     pub channels: usize,
+    /// Keep waiting for a confirm past the deadline while the broker blocks the connection
+    /// (a memory or disk alarm). A message written before the block is published once it
+    /// clears, so giving up on it and publishing it again would put it on the queue twice:
+    /// senders wait; ingest, which must answer its client, does not.
+    pub wait_while_blocked: bool,
 }
 
 impl PublisherSettings {
@@ -79,6 +84,7 @@ impl PublisherSettings {
             max_reconnect_delay: Duration::from_secs(5),
             topology: TopologySettings::default(),
             channels: 1,
+            wait_while_blocked: false,
         }
     }
 }
@@ -255,15 +261,23 @@ impl Publisher {
             reply,
         };
         let deadline = self.inner.settings.confirm_timeout;
-        let outcome = tokio::time::timeout(deadline, async {
+        let outcome = async {
             // A closed lane, or one that drops the job: the connection is being replaced.
             lane.send(job)
                 .await
                 .map_err(|_| PublishError::NotConnected)?;
             answer.await.map_err(|_| PublishError::NotConnected)?
-        })
-        .await;
-        outcome.unwrap_or(Err(PublishError::Timeout(deadline)))
+        };
+        tokio::pin!(outcome);
+        loop {
+            match tokio::time::timeout(deadline, &mut outcome).await {
+                Ok(result) => return result,
+                // Blocked: the message is written and goes out when the alarm clears; its
+                // confirm (or the connection's loss) answers then.
+                Err(_) if self.inner.settings.wait_while_blocked && self.is_blocked() => {}
+                Err(_) => return Err(PublishError::Timeout(deadline)),
+            }
+        }
     }
 }
 

@@ -79,10 +79,15 @@ impl<A: Adapter> Sender<A> {
             .with_context(|| format!("cannot listen on METRICS_ADDR {}", settings.metrics_addr))?;
         let names = Names::new(settings.amqp.namespace.clone());
         let publisher = Publisher::start(
-            PublisherSettings::new(
-                settings.amqp.url.clone(),
-                format!("{}-sender-publisher", destination.as_str()),
-            ),
+            PublisherSettings {
+                // A retry or dead letter whose publish waits out a broker alarm is published
+                // once, never a second copy after a timeout.
+                wait_while_blocked: true,
+                ..PublisherSettings::new(
+                    settings.amqp.url.clone(),
+                    format!("{}-sender-publisher", destination.as_str()),
+                )
+            },
             names.clone(),
             shutdown,
         );
