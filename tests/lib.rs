@@ -694,8 +694,9 @@ pub fn shipped_mapping() -> leadpipe_config::mapping::MappingConfig {
         .unwrap()
 }
 
-/// Builds a sender around `adapter`, starts it in this process and waits until it is ready.
-pub async fn start_sender<A: leadpipe_consumer::Adapter>(
+/// Builds a sender around `adapter` and starts it in this process, without waiting for it
+/// to be ready (it may pause at once on the work already waiting).
+pub async fn spawn_sender<A: leadpipe_consumer::Adapter>(
     runtime: leadpipe_consumer::RuntimeSettings,
     adapter: A,
 ) -> TestSender {
@@ -706,11 +707,20 @@ pub async fn start_sender<A: leadpipe_consumer::Adapter>(
         .unwrap_or_else(|e| panic!("{name} sender builds: {e:#}"));
     let base = format!("http://{}", sender.metrics_addr());
     let handle = tokio::spawn(sender.run_until_stopped(shutdown.clone()));
-    let s = TestSender {
+    TestSender {
         base,
         shutdown,
         handle,
-    };
+    }
+}
+
+/// Builds a sender around `adapter`, starts it in this process and waits until it is ready.
+pub async fn start_sender<A: leadpipe_consumer::Adapter>(
+    runtime: leadpipe_consumer::RuntimeSettings,
+    adapter: A,
+) -> TestSender {
+    let name = adapter.destination().as_str();
+    let s = spawn_sender(runtime, adapter).await;
     assert!(
         eventually(Duration::from_secs(20), || async {
             s.readyz().await == 200
@@ -814,6 +824,14 @@ impl TestSender {
             .await
             .map(|r| r.status().as_u16())
             .unwrap_or(0)
+    }
+
+    /// `GET /readyz`: status and JSON body (status 0 when it cannot be reached).
+    pub async fn readyz_body(&self) -> (u16, Value) {
+        match reqwest::get(format!("{}/readyz", self.base)).await {
+            Ok(r) => (r.status().as_u16(), r.json().await.unwrap_or_default()),
+            Err(_) => (0, Value::Null),
+        }
     }
 
     /// `/metrics` text.

@@ -5,12 +5,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
-
 use leadpipe_bus::Destination;
-use leadpipe_consumer::{Failure, Item, Outcome, Prepared, Sender};
-use leadpipe_tests::{Pipeline, SenderOptions, eventually, recent_lead, start_sender};
+use leadpipe_consumer::{Failure, Item, Outcome, Prepared};
+use leadpipe_tests::{
+    Pipeline, SenderOptions, eventually, recent_lead, spawn_sender, start_sender,
+};
+use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -118,21 +118,24 @@ impl leadpipe_consumer::Adapter for WriteScope {
                 .map(|_| Outcome::Systemic(refused.clone()))
                 .collect();
         }
-        let mut sent = self.sent.lock().unwrap();
-        items
-            .into_iter()
-            .map(|item| {
-                sent.push(item.event_id);
-                Outcome::Sent {
-                    reference: None,
-                    http_status: Some(200),
-                }
-            })
-            .collect()
+        record_sent(&self.sent, items.into_iter().map(|i| i.event_id))
     }
     async fn probe(&self) -> bool {
         true
     }
+}
+
+/// Records `sent` and answers each as sent.
+fn record_sent(sent: &Mutex<Vec<String>>, ids: impl Iterator<Item = String>) -> Vec<Outcome> {
+    let mut sent = sent.lock().unwrap();
+    ids.map(|id| {
+        sent.push(id);
+        Outcome::Sent {
+            reference: None,
+            http_status: Some(200),
+        }
+    })
+    .collect()
 }
 
 #[tokio::test]
@@ -156,20 +159,15 @@ async fn a_destination_that_passes_its_probe_but_refuses_writes_never_drains_the
 
     // Act: every cycle is send → systemic → pause → probe passes → trial; after 30 refused
     // requests the permission is granted.
-    let stop = CancellationToken::new();
-    let sender = Sender::build(runtime, adapter, stop.clone()).await.unwrap();
-    let base = format!("http://{}", sender.metrics_addr());
-    let handle = tokio::spawn(sender.run_until_stopped(stop.clone()));
+    let sender = spawn_sender(runtime, adapter).await;
     let saw_paused: Arc<Mutex<Option<Value>>> = Arc::default();
     let delivered = eventually(WAIT, || async {
-        if saw_paused.lock().unwrap().is_none()
-            && let Ok(r) = reqwest::get(format!("{base}/readyz")).await
-            && r.status() == 503
-        {
-            let body: Value = r.json().await.unwrap_or_default();
-            if body["reason"]
-                .as_str()
-                .is_some_and(|r| r.starts_with("paused"))
+        if saw_paused.lock().unwrap().is_none() {
+            let (status, body) = sender.readyz_body().await;
+            if status == 503
+                && body["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.starts_with("paused"))
             {
                 *saw_paused.lock().unwrap() = Some(body);
             }
@@ -194,12 +192,7 @@ async fn a_destination_that_passes_its_probe_but_refuses_writes_never_drains_the
         ids.iter().all(|id| counts.get(id) == Some(&1)),
         "{counts:?}"
     );
-    let metrics = reqwest::get(format!("{base}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = sender.metrics().await;
     // The first pause meets a refused batch on each of the two consumer channels; every later
     // cycle is one trial batch.
     let pauses = counter(
@@ -218,16 +211,8 @@ async fn a_destination_that_passes_its_probe_but_refuses_writes_never_drains_the
             .is_some_and(|r| r.contains("http_403") && r.contains("next probe in")),
         "{body}"
     );
-    assert!(
-        eventually(WAIT, || async {
-            reqwest::get(format!("{base}/readyz"))
-                .await
-                .is_ok_and(|r| r.status() == 200)
-        })
-        .await
-    );
-    stop.cancel();
-    let _ = handle.await;
+    assert!(eventually(WAIT, || async { sender.readyz().await == 200 }).await);
+    sender.stop().await;
     p.cleanup().await;
 }
 
@@ -250,17 +235,7 @@ impl leadpipe_consumer::Adapter for PanicsOnOne {
         Prepared::Send(lead)
     }
     async fn send(&self, items: Vec<Item<String>>) -> Vec<Outcome> {
-        let mut sent = self.sent.lock().unwrap();
-        items
-            .into_iter()
-            .map(|i| {
-                sent.push(i.prepared);
-                Outcome::Sent {
-                    reference: None,
-                    http_status: Some(200),
-                }
-            })
-            .collect()
+        record_sent(&self.sent, items.into_iter().map(|i| i.prepared))
     }
     async fn probe(&self) -> bool {
         true

@@ -234,16 +234,22 @@ async fn a_database_restart_under_the_whole_pipeline_loses_and_doubles_nothing()
     run.stop().await;
 }
 
-/// The broker's memory high watermark as a fraction (`rabbitmqctl eval`), to put it back.
-async fn memory_watermark() -> String {
+/// What `rabbitmqctl eval <expression>` prints (failing if it fails).
+async fn rabbitmqctl_eval(expression: &str) -> String {
     let out = tokio::process::Command::new("rabbitmqctl")
-        .args(["eval", "vm_memory_monitor:get_vm_memory_high_watermark()."])
+        .args(["eval", expression])
         .output()
         .await
         .expect("rabbitmqctl runs");
-    let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(out.status.success(), "rabbitmqctl eval {expression} failed");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// The broker's memory high watermark as a fraction, to put it back.
+async fn memory_watermark() -> String {
+    let text = rabbitmqctl_eval("vm_memory_monitor:get_vm_memory_high_watermark().").await;
     assert!(
-        out.status.success() && text.parse::<f64>().is_ok(),
+        text.parse::<f64>().is_ok(),
         "the watermark is a fraction here: {text}"
     );
     text
@@ -263,12 +269,9 @@ impl Drop for RestoreWatermarkOnDrop {
 
 /// Whether the broker reports a memory alarm.
 async fn memory_alarm() -> bool {
-    let out = tokio::process::Command::new("rabbitmqctl")
-        .args(["eval", "rabbit_alarm:get_alarms()."])
-        .output()
+    rabbitmqctl_eval("rabbit_alarm:get_alarms().")
         .await
-        .expect("rabbitmqctl runs");
-    String::from_utf8_lossy(&out.stdout).contains("memory")
+        .contains("memory")
 }
 
 #[tokio::test]

@@ -286,20 +286,14 @@ impl Settings {
     /// The variables missing to write for real, for the DRY_RUN notice.
     pub fn missing(&self) -> Vec<&'static str> {
         match &self.kind {
-            CrmKind::Webhook { url } => [
+            CrmKind::Webhook { url } => leadpipe_config::error::missing(&[
                 ("CRM_WEBHOOK_URL", url.is_none()),
                 ("CRM_WEBHOOK_SECRET", self.webhook_secret.is_none()),
-            ]
-            .into_iter()
-            .filter_map(|(k, m)| m.then_some(k))
-            .collect(),
-            CrmKind::HubSpot { .. } => {
-                if self.hubspot_token.is_none() {
-                    vec!["HUBSPOT_ACCESS_TOKEN"]
-                } else {
-                    Vec::new()
-                }
-            }
+            ]),
+            CrmKind::HubSpot { .. } => leadpipe_config::error::missing(&[(
+                "HUBSPOT_ACCESS_TOKEN",
+                self.hubspot_token.is_none(),
+            )]),
         }
     }
 }

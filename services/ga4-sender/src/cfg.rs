@@ -264,14 +264,6 @@ impl Settings {
         let api_secret = env::optional("GA4_API_SECRET").map(SecretString::from);
         let runtime = RuntimeSettings::from_env(Destination::Ga4)?;
         let dry_run = runtime.dry_run;
-        let missing: Vec<&str> = [
-            ("GA4_MEASUREMENT_ID", measurement_id.is_none()),
-            ("GA4_API_SECRET", api_secret.is_none()),
-        ]
-        .into_iter()
-        .filter_map(|(k, m)| m.then_some(k))
-        .collect();
-        ConfigError::require_unless_dry_run("GA4", dry_run, &missing)?;
         let concurrent_requests = env::parse_or(
             "GA4_CONCURRENT_REQUESTS",
             DEFAULT_CONCURRENT_REQUESTS,
@@ -292,7 +284,7 @@ impl Settings {
                 "must be an http(s) URL such as https://www.google-analytics.com",
             ));
         }
-        Ok(Self {
+        let settings = Self {
             runtime,
             base_url,
             measurement_id,
@@ -312,7 +304,17 @@ impl Settings {
             )?,
             consent: ConsentPolicy::from_env()?,
             mappings: ga4_mappings(&mapping)?,
-        })
+        };
+        ConfigError::require_unless_dry_run("GA4", settings.dry_run, &settings.missing())?;
+        Ok(settings)
+    }
+
+    /// The variables missing to send for real (for the DRY_RUN notice).
+    pub fn missing(&self) -> Vec<&'static str> {
+        leadpipe_config::error::missing(&[
+            ("GA4_MEASUREMENT_ID", self.measurement_id.is_none()),
+            ("GA4_API_SECRET", self.api_secret.is_none()),
+        ])
     }
 }
 

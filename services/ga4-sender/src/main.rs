@@ -15,14 +15,7 @@ async fn main() -> ExitCode {
         Err(e) => return service::config_error("ga4-sender", &e),
     };
     if settings.dry_run {
-        let missing: Vec<&str> = [
-            ("GA4_MEASUREMENT_ID", settings.measurement_id.is_none()),
-            ("GA4_API_SECRET", settings.api_secret.is_none()),
-        ]
-        .into_iter()
-        .filter_map(|(k, m)| m.then_some(k))
-        .collect();
-        service::announce_dry_run("ga4-sender", "GA4", &missing);
+        service::announce_dry_run("ga4-sender", "GA4", &settings.missing());
     }
     if settings.validate {
         tracing::info!("GA4_VALIDATE: every payload is checked with the debug endpoint first");

@@ -258,8 +258,7 @@ impl Settings {
     /// What is missing to send for real (variables, or a conversion action), for the
     /// DRY_RUN notice.
     pub fn missing(&self) -> Vec<&'static str> {
-        let mut missing = Vec::new();
-        for (name, absent) in [
+        leadpipe_config::error::missing(&[
             ("GOOGLE_ADS_CUSTOMER_ID", self.customer_id.is_none()),
             ("GOOGLE_ADS_CLIENT_ID", self.client_id.is_none()),
             ("GOOGLE_ADS_CLIENT_SECRET", self.client_secret.is_none()),
@@ -270,12 +269,7 @@ impl Settings {
                     .values()
                     .any(|m| m.conversion_action_id.is_none()),
             ),
-        ] {
-            if absent {
-                missing.push(name);
-            }
-        }
-        missing
+        ])
     }
 }
 

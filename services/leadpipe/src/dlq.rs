@@ -88,12 +88,10 @@ async fn give_back(
     messages: &[Delivery],
 ) -> anyhow::Result<()> {
     for m in messages {
-        let mut headers = FieldTable::default();
-        for (k, v) in m.properties.headers().clone().unwrap_or_default().inner() {
-            if k.as_str() != "x-delivery-count" {
-                headers.insert(k.clone(), v.clone());
-            }
-        }
+        let headers = headers::without(
+            &m.properties.headers().clone().unwrap_or_default(),
+            headers::DELIVERY_COUNT,
+        );
         publisher
             .publish(&OutgoingMessage {
                 exchange: &names.dead_letter_exchange(),
@@ -332,15 +330,7 @@ pub(crate) async fn replay(
     }
     let pool = leadpipe_db::connect(&DatabaseSettings::from_env().url, 1).await?;
     let stop = CancellationToken::new();
-    let publisher = Publisher::start(
-        PublisherSettings::new(amqp.url.clone(), "leadpipe-cli-replay"),
-        names.clone(),
-        stop.clone(),
-    );
-    anyhow::ensure!(
-        publisher.wait_ready(Duration::from_secs(10)).await,
-        "cannot publish to RabbitMQ"
-    );
+    let publisher = cli_publisher(&amqp, &names, &stop).await?;
     let (mut replayed, mut kept) = (0usize, 0usize);
     for (m, replay) in messages.iter().zip(chosen) {
         let id = message_id(m);

@@ -125,13 +125,10 @@ pub fn meta_mappings(cfg: &MappingConfig) -> Result<HashMap<String, MetaMapping>
 impl Settings {
     /// The variables missing to send for real (for the DRY_RUN notice).
     pub fn missing(&self) -> Vec<&'static str> {
-        [
+        leadpipe_config::error::missing(&[
             ("META_PIXEL_ID", self.pixel_id.is_none()),
             ("META_ACCESS_TOKEN", self.access_token.is_none()),
-        ]
-        .into_iter()
-        .filter_map(|(k, m)| m.then_some(k))
-        .collect()
+        ])
     }
 
     /// Reads the environment and the mapping config.
@@ -141,14 +138,6 @@ impl Settings {
         let access_token = env::optional("META_ACCESS_TOKEN").map(SecretString::from);
         let runtime = RuntimeSettings::from_env(Destination::Meta)?;
         let dry_run = runtime.dry_run;
-        let missing: Vec<&str> = [
-            ("META_PIXEL_ID", pixel_id.is_none()),
-            ("META_ACCESS_TOKEN", access_token.is_none()),
-        ]
-        .into_iter()
-        .filter_map(|(k, m)| m.then_some(k))
-        .collect();
-        ConfigError::require_unless_dry_run("Meta", dry_run, &missing)?;
         let max_batch = env::parse_or("META_MAX_BATCH", DEFAULT_MAX_BATCH, "a number of events")?;
         if !(1..=1000).contains(&max_batch) {
             return Err(ConfigError::invalid(
@@ -157,7 +146,7 @@ impl Settings {
             ));
         }
         let consent = ConsentPolicy::from_env()?;
-        Ok(Self {
+        let settings = Self {
             runtime,
             base_url: env::string_or("META_API_BASE_URL", DEFAULT_BASE_URL),
             api_version: env::string_or("META_API_VERSION", DEFAULT_API_VERSION),
@@ -173,7 +162,9 @@ impl Settings {
             max_batch,
             consent,
             mappings: meta_mappings(&mapping)?,
-        })
+        };
+        ConfigError::require_unless_dry_run("Meta", settings.dry_run, &settings.missing())?;
+        Ok(settings)
     }
 }
 

@@ -206,16 +206,7 @@ impl Publisher {
 
     /// Waits until [`Publisher::is_usable`] or `timeout` passes; returns usability.
     pub async fn wait_usable(&self, timeout: Duration) -> bool {
-        let wait = async {
-            loop {
-                let changed = self.inner.changed.notified();
-                if self.is_usable() {
-                    return;
-                }
-                changed.await;
-            }
-        };
-        tokio::time::timeout(timeout, wait).await.is_ok()
+        self.wait_until(Self::is_usable, timeout).await
     }
 
     /// How many times the supervisor has connected (1 after start-up; more after recoveries).
@@ -225,10 +216,16 @@ impl Publisher {
 
     /// Waits until ready or `timeout` passes; returns readiness.
     pub async fn wait_ready(&self, timeout: Duration) -> bool {
+        self.wait_until(Self::is_ready, timeout).await
+    }
+
+    /// Waits until `state` holds (checked whenever readiness or blocking changes) or `timeout`
+    /// passes; returns whether it holds.
+    async fn wait_until(&self, state: fn(&Self) -> bool, timeout: Duration) -> bool {
         let wait = async {
             loop {
                 let changed = self.inner.changed.notified();
-                if self.is_ready() {
+                if state(self) {
                     return;
                 }
                 changed.await;

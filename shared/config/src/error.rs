@@ -44,6 +44,14 @@ pub enum ConfigError {
     },
 }
 
+/// The names whose condition is true: `missing(&[("META_PIXEL_ID", pixel.is_none()), …])`.
+pub fn missing(checks: &[(&'static str, bool)]) -> Vec<&'static str> {
+    checks
+        .iter()
+        .filter_map(|(name, absent)| absent.then_some(*name))
+        .collect()
+}
+
 impl ConfigError {
     /// `Ok` when nothing is `missing` or `DRY_RUN` was asked for; otherwise the error naming
     /// every missing variable or key. `DRY_RUN` is never assumed: a sender that silently

@@ -101,7 +101,7 @@ impl<A: Adapter> Sender<A> {
         let (flow, _) = tokio::sync::watch::channel(Flow::Open);
         let metrics = metrics::Metrics::new(destination.as_str());
         metrics.dry_run.set(i64::from(settings.dry_run));
-        let first_wait = worker::FIRST_PROBE_WAIT.min(settings.pause_probe_max);
+        let first_wait = worker::first_probe_wait(&settings);
         let shared = Arc::new(Shared {
             metrics,
             adapter: Arc::new(adapter),

@@ -68,6 +68,19 @@ pub struct Claim {
     pub awaiting: HashMap<EventKey, Option<String>>,
 }
 
+/// The keys of rows returned as `(event_id, event_name)`.
+fn key_set(rows: Vec<(String, String)>) -> HashSet<EventKey> {
+    rows.into_iter()
+        .map(|(id, name)| EventKey::new(id, name))
+        .collect()
+}
+
+/// Keys as the two arrays a statement unnests: event ids and event names.
+fn columns<'a>(keys: impl Iterator<Item = &'a EventKey>) -> (Vec<&'a str>, Vec<&'a str>) {
+    keys.map(|k| (k.event_id.as_str(), k.event_name.as_str()))
+        .unzip()
+}
+
 /// A row a claim did not take: (event id, name, status, lease seconds left, reference).
 type FoundRow = (String, String, String, Option<f64>, Option<String>);
 
@@ -170,10 +183,7 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         let mut claim = Claim {
-            claimed: claimed
-                .into_iter()
-                .map(|(id, name)| EventKey::new(id, name))
-                .collect(),
+            claimed: key_set(claimed),
             ..Claim::default()
         };
         let rest: Vec<&ClaimRequest> = events
@@ -226,8 +236,7 @@ impl Store {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let ids: Vec<&str> = keys.iter().map(|k| k.event_id.as_str()).collect();
-        let names: Vec<&str> = keys.iter().map(|k| k.event_name.as_str()).collect();
+        let (ids, names) = columns(keys.iter());
         let held: Vec<(String, String)> = sqlx::query_as(
             "UPDATE deliveries AS d SET lease_expires_at = now() + make_interval(secs => $3)
              FROM unnest($4::text[], $5::text[]) AS u(id, name)
@@ -242,10 +251,7 @@ impl Store {
         .bind(&names)
         .fetch_all(&self.pool)
         .await?;
-        let held: HashSet<EventKey> = held
-            .into_iter()
-            .map(|(id, name)| EventKey::new(id, name))
-            .collect();
+        let held: HashSet<EventKey> = key_set(held);
         Ok(keys
             .iter()
             .filter(|k| !held.contains(*k))
@@ -260,8 +266,7 @@ impl Store {
         if records.is_empty() {
             return Ok(Vec::new());
         }
-        let ids: Vec<&str> = records.iter().map(|r| r.key.event_id.as_str()).collect();
-        let names: Vec<&str> = records.iter().map(|r| r.key.event_name.as_str()).collect();
+        let (ids, names) = columns(records.iter().map(|r| &r.key));
         // '' stands for "leave as is" (release) and NULL-able columns use '' / 0 / '' as
         // absent, turned back into NULL in SQL.
         let statuses: Vec<&str> = records
@@ -326,10 +331,7 @@ impl Store {
         .bind(&names)
         .fetch_all(&self.pool)
         .await?;
-        let written: HashSet<EventKey> = written
-            .into_iter()
-            .map(|(id, name)| EventKey::new(id, name))
-            .collect();
+        let written: HashSet<EventKey> = key_set(written);
         Ok(records
             .iter()
             .filter(|r| !written.contains(&r.key))
@@ -344,8 +346,7 @@ impl Store {
         if verdicts.is_empty() {
             return Ok(HashSet::new());
         }
-        let ids: Vec<&str> = verdicts.iter().map(|v| v.key.event_id.as_str()).collect();
-        let names: Vec<&str> = verdicts.iter().map(|v| v.key.event_name.as_str()).collect();
+        let (ids, names) = columns(verdicts.iter().map(|v| &v.key));
         let statuses: Vec<&str> = verdicts.iter().map(|v| v.status.as_str()).collect();
         let codes: Vec<Option<&str>> = verdicts.iter().map(|v| v.error_code.as_deref()).collect();
         let messages: Vec<Option<&str>> = verdicts
@@ -371,10 +372,7 @@ impl Store {
         .bind(&names)
         .fetch_all(&self.pool)
         .await?;
-        Ok(done
-            .into_iter()
-            .map(|(id, name)| EventKey::new(id, name))
-            .collect())
+        Ok(key_set(done))
     }
 }
 

@@ -1,11 +1,17 @@
 //! The consume loop and the batch pipeline.
 //!
-//! Per batch: decode → dedupe → claim in Postgres → adapter `prepare` → adapter `send` →
-//! outcomes turned into actions → delay/DLQ publishes confirmed → outcomes committed →
-//! deliveries acked (one `multiple` ack when the whole batch is done). A delivery is never
-//! held while waiting for a retry: it goes to a delay queue and is acked. An outcome the
-//! database cannot take is written again until it can (the deliveries stay unacked
-//! meanwhile): a sent event is never handed back to be sent twice because Postgres restarted.
+//! Per batch: decode → dedupe → claim in Postgres (leases renewed while the batch is in hand)
+//! → adapter `prepare` (a panic dead-letters that event alone) → adapter `send` → outcomes
+//! turned into actions (`decide`) → delay/DLQ/hand-back publishes confirmed (held while the
+//! broker blocks publishing) → outcomes committed → deliveries acked (one `multiple` ack when
+//! the whole batch is done). A delivery is never held while waiting for a retry: it goes to a
+//! delay queue and is acked. An outcome the database cannot take is written again until it
+//! can (the deliveries stay unacked meanwhile): a sent event is never handed back to be sent
+//! twice because Postgres restarted.
+//!
+//! Around it, `Flow`: a systemic failure pauses every worker (their work handed back to the
+//! queue as fresh copies), the prober probes, and a passing probe lets one trial batch go
+//! first (half-open) before consumption resumes.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
@@ -57,7 +63,12 @@ pub(crate) enum Flow {
 pub(crate) const TRIAL_BATCH: usize = 10;
 
 /// The first wait before probing a paused destination.
-pub(crate) const FIRST_PROBE_WAIT: Duration = Duration::from_millis(500);
+const FIRST_PROBE_WAIT: Duration = Duration::from_millis(500);
+
+/// The first probe wait, within `PAUSE_PROBE_MAX_MS`.
+pub(crate) fn first_probe_wait(settings: &RuntimeSettings) -> Duration {
+    FIRST_PROBE_WAIT.min(settings.pause_probe_max)
+}
 
 /// State every worker shares.
 pub(crate) struct Shared<A: Adapter> {
@@ -89,8 +100,7 @@ impl<A: Adapter> Shared<A> {
 
     /// The destination took requests again: the next pause probes after the first wait.
     fn reset_probe_wait(&self) {
-        *self.probe_wait.lock().expect("probe wait lock") =
-            FIRST_PROBE_WAIT.min(self.settings.pause_probe_max);
+        *self.probe_wait.lock().expect("probe wait lock") = first_probe_wait(&self.settings);
     }
 
     /// The current wait before a probe.
@@ -229,12 +239,7 @@ async fn guarded_batch<A: Adapter>(
 /// else is prefetched), processes them as one batch, and resumes consumption or pauses again.
 async fn trial<A: Adapter>(shared: &Arc<Shared<A>>, index: usize) -> anyhow::Result<()> {
     let s = &shared.settings;
-    let conn = leadpipe_bus::connect(
-        &s.amqp.url,
-        &format!("{}-sender-{index}-trial", shared.destination()),
-    )
-    .await?;
-    let channel = conn.create_channel().await?;
+    let (conn, channel) = open_channel(shared, &format!("{index}-trial")).await?;
     let queue = shared.names.work_queue(shared.adapter.destination());
     let size = TRIAL_BATCH
         .min(s.batch_size)
@@ -347,12 +352,7 @@ async fn consume<A: Adapter>(
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
     let s = &shared.settings;
-    let conn = leadpipe_bus::connect(
-        &s.amqp.url,
-        &format!("{}-sender-{index}", shared.destination()),
-    )
-    .await?;
-    let channel = conn.create_channel().await?;
+    let (conn, channel) = open_channel(shared, &index.to_string()).await?;
     channel
         .basic_qos(s.prefetch, BasicQosOptions::default())
         .await?;
@@ -374,17 +374,7 @@ async fn consume<A: Adapter>(
     let result = loop {
         // While the broker blocks publishing (a memory or disk alarm) or the publisher is
         // away, retries, verdict waits and dead letters could not be routed: take nothing.
-        if !shared.publisher.is_usable() {
-            tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => break Ok(()),
-                _ = until_not_open(&mut flow) => {
-                    hand_back_prefetched(shared, &channel, &tag, &mut consumer).await;
-                    break Ok(());
-                }
-                _ = shared.publisher.wait_usable(Duration::from_secs(3600)) => continue,
-            }
-        }
+        let usable = shared.publisher.is_usable();
         // Biased: a pause or shutdown wins over a waiting delivery, so nothing new is taken
         // once either is decided.
         let first = tokio::select! {
@@ -394,7 +384,8 @@ async fn consume<A: Adapter>(
                 hand_back_prefetched(shared, &channel, &tag, &mut consumer).await;
                 break Ok(());
             }
-            d = consumer.next() => d,
+            _ = shared.publisher.wait_usable(Duration::from_secs(3600)), if !usable => continue,
+            d = consumer.next(), if usable => d,
         };
         let first = match first {
             Some(Ok(d)) => d,
@@ -429,6 +420,21 @@ async fn consume<A: Adapter>(
     result
 }
 
+/// A connection of its own (named `<destination>-sender-<name>` in the broker's list) and a
+/// channel on it.
+async fn open_channel<A: Adapter>(
+    shared: &Shared<A>,
+    name: &str,
+) -> anyhow::Result<(lapin::Connection, lapin::Channel)> {
+    let conn = leadpipe_bus::connect(
+        &shared.settings.amqp.url,
+        &format!("{}-sender-{name}", shared.destination()),
+    )
+    .await?;
+    let channel = conn.create_channel().await?;
+    Ok((conn, channel))
+}
+
 /// Resolves once the flow is no longer [`Flow::Open`] (or its sender is gone).
 async fn until_not_open(flow: &mut watch::Receiver<Flow>) {
     let _ = flow.wait_for(|f| *f != Flow::Open).await;
@@ -459,7 +465,7 @@ async fn hand_back_prefetched<A: Adapter>(
         return;
     }
     let n = held.len();
-    let slots: Vec<Slot> = held
+    let mut slots: Vec<Slot> = held
         .into_iter()
         .map(|delivery| Slot {
             attempts: 0,
@@ -470,27 +476,12 @@ async fn hand_back_prefetched<A: Adapter>(
             delivery,
         })
         .collect();
-    let failed = publish_routed(shared, &slots).await;
-    for (i, slot) in slots.iter().enumerate() {
-        let done = if failed.contains(&i) {
-            slot.delivery
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    multiple: false,
-                })
-                .await
-        } else {
-            slot.delivery.ack(BasicAckOptions::default()).await
-        };
-        if done.is_err() {
-            break;
-        }
+    let failed = publish_routed(shared, &slots, None).await;
+    for i in &failed {
+        slots[*i].action = Some(Action::Requeue);
     }
-    shared
-        .metrics
-        .deliveries
-        .with_label_values(&["handed_back"])
-        .inc_by((n - failed.len()) as u64);
+    // A channel that fails here closes, which returns whatever was not acked.
+    let _ = acknowledge(shared, &slots).await;
     tracing::info!(
         destination = shared.destination(),
         handed_back = n - failed.len(),
@@ -805,8 +796,10 @@ async fn process_batch<A: Adapter>(
     for (i, outcome) in outcomes {
         let slot = &mut slots[i];
         let key = slot.key.clone().expect("decided slots decoded");
-        if let Outcome::Systemic(failure) = &outcome {
-            report.systemic.get_or_insert_with(|| failure.clone());
+        if let Outcome::Systemic(failure) = &outcome
+            && report.systemic.is_none()
+        {
+            report.systemic = Some(failure.clone());
             // Paused at once, so the other channels stop taking deliveries now rather than
             // after this batch is handed back (a trial's verdict is the trial's to give).
             if !trial {
@@ -846,7 +839,7 @@ async fn process_batch<A: Adapter>(
     // The destination has acted on these events: while the database is away the outcome is
     // written again and again, the deliveries held unacked, rather than handed back to the
     // queue to be sent a second time.
-    let lost = match patiently(shared.destination(), "recording outcomes", || {
+    let lost = match patiently(shared.destination(), "recording outcomes", DB_AWAY, || {
         store.record(&records)
     })
     .await
@@ -877,7 +870,7 @@ async fn process_batch<A: Adapter>(
         .filter(|(i, _)| !failed_publishes.contains(i))
         .map(|(_, r)| r)
         .collect();
-    if let Err(e) = patiently(shared.destination(), "recording verdicts", || {
+    if let Err(e) = patiently(shared.destination(), "recording verdicts", DB_AWAY, || {
         store.resolve(&resolutions)
     })
     .await
@@ -1137,16 +1130,27 @@ impl EventTrace {
     }
 }
 
-/// How long a batch's outcome is written again while the database is away, before its
-/// deliveries go back to the queue (well inside RabbitMQ's 30-minute delivery timeout).
+/// How long a batch's outcome is written (or its retries routed) again while the database or
+/// the broker is away, before its deliveries go back to the queue (well inside RabbitMQ's
+/// 30-minute delivery timeout).
 const PATIENCE: Duration = Duration::from_secs(300);
 
+/// What [`patiently`] says is away when a database write fails.
+const DB_AWAY: &str = "the database is away";
+
 /// Runs `write` until it succeeds, with backoff from 100 ms to 5 s, for at most
-/// [`PATIENCE`]; returns its last error after that.
-async fn patiently<T, F, Fut>(destination: &str, what: &str, mut write: F) -> sqlx::Result<T>
+/// [`PATIENCE`], holding the batch; returns its last error after that. `cause` says in the
+/// warning what is away.
+async fn patiently<T, E, F, Fut>(
+    destination: &str,
+    what: &str,
+    cause: &str,
+    mut write: F,
+) -> Result<T, E>
 where
+    E: std::fmt::Display,
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = sqlx::Result<T>>,
+    Fut: std::future::Future<Output = Result<T, E>>,
 {
     let deadline = Instant::now() + PATIENCE;
     let mut wait = Duration::from_millis(100);
@@ -1158,7 +1162,7 @@ where
                     destination,
                     error = %e,
                     retry_in_ms = wait.as_millis() as u64,
-                    "{what} failed: the database is away, holding the batch and trying again"
+                    "{what} failed ({cause}): holding the batch and trying again"
                 );
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(Duration::from_secs(5));
@@ -1266,35 +1270,40 @@ async fn ask_verdicts<A: Adapter>(
     out
 }
 
-/// Publishes every routed slot ([`publish_routed`]); what fails is published again once the
-/// publisher can be used (the broker unblocked, or reconnected), with backoff, for at most
-/// [`PATIENCE`] — the deliveries stay unacked meanwhile. Returns what still failed then.
+/// Publishes every routed slot ([`publish_routed`]); what fails is published again
+/// [`patiently`] once the publisher can be used (the broker unblocked, or reconnected) — the
+/// deliveries stay unacked meanwhile. Returns what still failed then.
 async fn publish_patiently<A: Adapter>(shared: &Arc<Shared<A>>, slots: &[Slot]) -> Vec<usize> {
-    let mut failed = publish_routed(shared, slots).await;
-    if failed.is_empty() {
-        return failed;
+    let failed = Mutex::new(publish_routed(shared, slots, None).await);
+    if failed.lock().expect("failed publishes lock").is_empty() {
+        return Vec::new();
     }
     let deadline = Instant::now() + PATIENCE;
-    let mut wait = Duration::from_millis(100);
-    while !failed.is_empty() && Instant::now() < deadline {
-        tracing::warn!(
-            destination = shared.destination(),
-            held = failed.len(),
-            blocked = shared.publisher.is_blocked(),
-            connected = shared.publisher.is_ready(),
-            "could not route retries, verdict waits or dead letters: the broker blocks publishing \
-             or is away; holding the deliveries and trying again"
-        );
-        shared.metrics.publish_holds.inc();
-        let left = deadline.saturating_duration_since(Instant::now());
-        if !shared.publisher.wait_usable(left).await {
-            break;
-        }
-        tokio::time::sleep(wait).await;
-        wait = (wait * 2).min(Duration::from_secs(5));
-        failed = publish_routed_only(shared, slots, &failed).await;
-    }
-    if !failed.is_empty() {
+    let failed_ref = &failed;
+    let routed = patiently(
+        shared.destination(),
+        "routing retries, verdict waits or dead letters",
+        "the broker blocks publishing or is away",
+        || async move {
+            shared.metrics.publish_holds.inc();
+            shared
+                .publisher
+                .wait_usable(deadline.saturating_duration_since(Instant::now()))
+                .await;
+            let only = failed_ref.lock().expect("failed publishes lock").clone();
+            let still = publish_routed(shared, slots, Some(&only)).await;
+            let n = still.len();
+            *failed_ref.lock().expect("failed publishes lock") = still;
+            if n == 0 {
+                Ok(())
+            } else {
+                Err(format!("{n} publishes not confirmed"))
+            }
+        },
+    )
+    .await;
+    let failed = failed.into_inner().expect("failed publishes lock");
+    if routed.is_err() {
         tracing::warn!(
             destination = shared.destination(),
             requeued = failed.len(),
@@ -1305,24 +1314,9 @@ async fn publish_patiently<A: Adapter>(shared: &Arc<Shared<A>>, slots: &[Slot]) 
     failed
 }
 
-/// Publishes the routed slots among `only`; returns the indexes whose publish failed.
-async fn publish_routed_only<A: Adapter>(
-    shared: &Arc<Shared<A>>,
-    slots: &[Slot],
-    only: &[usize],
-) -> Vec<usize> {
-    routed(shared, slots, Some(only)).await
-}
-
-/// Publishes every routed slot (Delay, DeadLetter, HandBack); returns the indexes whose
-/// publish failed.
-async fn publish_routed<A: Adapter>(shared: &Arc<Shared<A>>, slots: &[Slot]) -> Vec<usize> {
-    routed(shared, slots, None).await
-}
-
 /// Publishes every Delay, DeadLetter and HandBack slot (of `only`, when given); returns the
 /// indexes whose publish failed.
-async fn routed<A: Adapter>(
+async fn publish_routed<A: Adapter>(
     shared: &Arc<Shared<A>>,
     slots: &[Slot],
     only: Option<&[usize]>,
@@ -1361,15 +1355,7 @@ async fn routed<A: Adapter>(
                 set(&mut headers, headers::ATTEMPTS, attempts.to_string());
                 match poll {
                     Some(n) => set(&mut headers, headers::POLLS, n.to_string()),
-                    None => {
-                        let mut kept = FieldTable::default();
-                        for (k, v) in headers.inner() {
-                            if k.as_str() != headers::POLLS {
-                                kept.insert(k.clone(), v.clone());
-                            }
-                        }
-                        headers = kept;
-                    }
+                    None => headers = headers::without(&headers, headers::POLLS),
                 }
                 if code != AWAITING {
                     shared
@@ -1388,13 +1374,7 @@ async fn routed<A: Adapter>(
             Action::HandBack => {
                 // A fresh copy at the work queue's tail: the broker's delivery count starts
                 // again, so a pause never spends the work queue's delivery limit.
-                let mut kept = FieldTable::default();
-                for (k, v) in headers.inner() {
-                    if k.as_str() != "x-delivery-count" {
-                        kept.insert(k.clone(), v.clone());
-                    }
-                }
-                headers = kept;
+                headers = headers::without(&headers, headers::DELIVERY_COUNT);
                 (String::new(), shared.names.work_queue(destination), None)
             }
             Action::DeadLetter { failure, attempts } => {
