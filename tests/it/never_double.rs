@@ -344,3 +344,69 @@ async fn a_lead_and_a_won_sharing_one_event_id_both_reach_meta() {
     sender.stop().await;
     p.cleanup().await;
 }
+
+#[tokio::test]
+async fn an_outcome_written_after_another_worker_took_the_lease_over_is_reported_lost() {
+    // Arrange: worker A claims an event with a short lease and does not renew it (its
+    // database was away, say); worker B takes the lapsed lease over.
+    use leadpipe_consumer::store::{ClaimRequest, EventKey, Record, Store};
+    let p = Pipeline::new().await;
+    let lease = Duration::from_millis(300);
+    let a = Store::new(p.pool.clone(), "meta", "worker-a".into(), lease);
+    let b = Store::new(p.pool.clone(), "meta", "worker-b".into(), lease);
+    let claim = ClaimRequest {
+        event_id: "E-lease".into(),
+        event_name: "lead".into(),
+        source: "site-widget".into(),
+        ingested_at: None,
+    };
+    let key = EventKey::new("E-lease", "lead");
+    assert!(
+        a.claim(std::slice::from_ref(&claim))
+            .await
+            .unwrap()
+            .claimed
+            .contains(&key)
+    );
+    let taken = eventually(WAIT, || async {
+        b.claim(std::slice::from_ref(&claim))
+            .await
+            .unwrap()
+            .claimed
+            .contains(&key)
+    })
+    .await;
+    assert!(taken, "worker B never took the lapsed lease over");
+
+    // Act: A writes its outcome, and renews, too late.
+    let record = |status| Record {
+        key: key.clone(),
+        status: Some(status),
+        tried: 1,
+        http_status: Some(200),
+        error_code: None,
+        error_message: None,
+        reference: None,
+        payload: None,
+    };
+    let lost = a
+        .record(&[record(leadpipe_db::DeliveryStatus::Sent)])
+        .await
+        .unwrap();
+    let renewed_lost = a.renew(std::slice::from_ref(&key)).await.unwrap();
+
+    // Assert: both name the key; B's outcome is the one written.
+    assert_eq!(lost, std::slice::from_ref(&key));
+    assert_eq!(renewed_lost, std::slice::from_ref(&key));
+    assert!(
+        b.record(&[record(leadpipe_db::DeliveryStatus::Retrying)])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        p.row("E-lease").await.map(|r| r.0).as_deref(),
+        Some("retrying")
+    );
+    p.cleanup().await;
+}
