@@ -9,7 +9,7 @@ run: export LEADPIPE_NAMESPACE ?= leadpipe
 run: export INGEST_ADDR ?= 127.0.0.1:8080
 run: export LOG_FORMAT ?= pretty
 
-.PHONY: run test e2e fuzz services build release lint fmt bench soak clean-namespaces help
+.PHONY: run test e2e fuzz services tools build release lint fmt bench soak clean-namespaces help
 
 help:
 	@echo "make run    - build and run the pipeline against local RabbitMQ/Postgres"
@@ -22,6 +22,10 @@ help:
 ## Start RabbitMQ and PostgreSQL if needed (installed-but-stopped, or docker compose).
 services:
 	@scripts/services.sh
+
+## Install what `make test` needs beyond cargo (promtool) when it is absent.
+tools:
+	@scripts/tools.sh
 
 build:
 	$(CARGO) build --workspace --bins
@@ -41,8 +45,7 @@ fmt:
 	$(CARGO) fmt --all
 
 ## Unit and integration tests against the real broker and database.
-test: services
-	@command -v promtool >/dev/null || { echo "promtool not found: apt-get install prometheus (make test checks deploy/prometheus/alerts.yml with it)"; exit 1; }
+test: services tools
 	promtool check rules deploy/prometheus/alerts.yml
 	promtool test rules deploy/prometheus/alerts.test.yml
 	$(CARGO) fmt --all -- --check

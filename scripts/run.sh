@@ -16,39 +16,28 @@ stop() {
 }
 trap stop EXIT INT TERM
 
+# The senders of the enabled destinations (LEADPIPE_DESTINATIONS, default all registered), as
+# `leadpipe destinations` lists them: name, service, metrics port, missing variables.
 # A sender never assumes DRY_RUN: without its credentials it refuses to start (exit 2). For a
 # local run, this script asks for DRY_RUN for each sender whose variables are not all set, and
 # says which are missing.
-missing_of() {
-  local out=() v
-  for v in "$@"; do [ -n "${!v:-}" ] || out+=("$v"); done
-  echo "${out[*]:-}"
-}
-declare -A missing
-missing[meta-sender]=$(missing_of META_PIXEL_ID META_ACCESS_TOKEN)
-missing[ga4-sender]=$(missing_of GA4_MEASUREMENT_ID GA4_API_SECRET)
-missing[google-ads-sender]=$(missing_of GOOGLE_ADS_CUSTOMER_ID GOOGLE_ADS_CLIENT_ID \
-  GOOGLE_ADS_CLIENT_SECRET GOOGLE_ADS_REFRESH_TOKEN GOOGLE_ADS_CONVERSION_ACTION_ID)
-if [ "${CRM_KIND:-webhook}" = hubspot ]; then
-  missing[crm-writer]=$(missing_of HUBSPOT_ACCESS_TOKEN)
-else
-  missing[crm-writer]=$(missing_of CRM_WEBHOOK_URL CRM_WEBHOOK_SECRET)
-fi
-declare -A note
-for sender in meta-sender ga4-sender google-ads-sender crm-writer; do
-  if [ -n "${missing[$sender]}" ]; then
-    DRY_RUN=${DRY_RUN:-true} $bin/$sender >.run/$sender.log 2>&1 &
-    note[$sender]=", DRY_RUN (not set: ${missing[$sender]// /, })"
+senders=()
+lines=()
+while read -r name service port missing; do
+  if [ "$missing" != - ]; then
+    DRY_RUN=${DRY_RUN:-true} $bin/$service >.run/$service.log 2>&1 &
+    note=", DRY_RUN (not set: ${missing//,/, })"
   else
-    $bin/$sender >.run/$sender.log 2>&1 &
-    note[$sender]=""
+    $bin/$service >.run/$service.log 2>&1 &
+    note=""
   fi
   pids+=($!)
-done
+  senders+=("$service")
+  lines+=("$(printf '  %-18s http://127.0.0.1:%s/readyz  (logs in .run/%s.log)%s' "$service" "$port" "$service" "$note")")
+done < <($bin/leadpipe destinations)
 
 # A sender that refuses its configuration exits at once: show why instead of a dead pipeline.
 sleep 1
-senders=(meta-sender ga4-sender google-ads-sender crm-writer)
 for i in "${!pids[@]}"; do
   if ! kill -0 "${pids[$i]}" 2>/dev/null; then
     name=${senders[$i]}
@@ -62,10 +51,7 @@ cat <<MSG
 
 leadpipe is running (namespace ${LEADPIPE_NAMESPACE}):
   ingest            http://${INGEST_ADDR}        (logs below)
-  meta-sender       http://127.0.0.1:9101/readyz  (logs in .run/meta-sender.log)${note[meta-sender]}
-  ga4-sender        http://127.0.0.1:9102/readyz  (logs in .run/ga4-sender.log)${note[ga4-sender]}
-  google-ads-sender http://127.0.0.1:9103/readyz  (logs in .run/google-ads-sender.log)${note[google-ads-sender]}
-  crm-writer        http://127.0.0.1:9104/readyz  (logs in .run/crm-writer.log)${note[crm-writer]}
+$(printf '%s\n' "${lines[@]}")
 
 A sender in DRY_RUN builds and records every request (status dry_run) and sends nothing; set its
 variables to send for real.

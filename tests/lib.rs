@@ -31,7 +31,15 @@ use tokio_util::sync::CancellationToken;
 use leadpipe_bus::{Destination, Names};
 use leadpipe_config::AmqpSettings;
 use leadpipe_config::sources::Source;
+use leadpipe_consumer::testing::FakeDestination;
 use leadpipe_ingest::{Application, Settings};
+
+/// The topology of every registered destination.
+pub fn all_topology() -> leadpipe_bus::topology::TopologySettings {
+    leadpipe_bus::topology::TopologySettings::for_destinations(
+        leadpipe_registry::REGISTRY.destinations(),
+    )
+}
 
 /// The broker every test uses (`AMQP_URL`, else the SPEC default).
 pub fn amqp_url() -> String {
@@ -127,6 +135,7 @@ pub struct TestIngest {
 pub async fn spawn_ingest(opts: IngestOptions) -> TestIngest {
     let namespace = opts.namespace.unwrap_or_else(|| unique_namespace("i"));
     let settings = Settings {
+        destinations: leadpipe_registry::REGISTRY.destinations(),
         addr: "127.0.0.1:0".parse().unwrap(),
         amqp: AmqpSettings {
             url: opts.amqp_url,
@@ -413,12 +422,18 @@ impl Broker {
 
     /// Deletes the namespace's queues and exchanges.
     pub async fn delete(&self) {
-        let _ = leadpipe_bus::topology::delete(&self.channel, &self.names).await;
+        let _ = leadpipe_bus::topology::delete(
+            &self.channel,
+            &self.names,
+            &leadpipe_registry::REGISTRY.destinations(),
+        )
+        .await;
     }
 
     /// The four work queues.
     pub fn work_queues(&self) -> Vec<String> {
-        Destination::ALL
+        leadpipe_registry::REGISTRY
+            .destinations()
             .iter()
             .map(|d| self.names.work_queue(*d))
             .collect()
@@ -640,17 +655,13 @@ pub mod stream;
 #[path = "support/storm.rs"]
 pub mod storm;
 
-#[path = "support/fake_meta.rs"]
-pub mod fake_meta;
+pub use leadpipe_meta_sender::fake as fake_meta;
 
-#[path = "support/fake_ga4.rs"]
-pub mod fake_ga4;
+pub use leadpipe_ga4_sender::fake as fake_ga4;
 
-#[path = "support/fake_google.rs"]
-pub mod fake_google;
+pub use leadpipe_google_ads_sender::fake as fake_google;
 
-#[path = "support/fake_crm.rs"]
-pub mod fake_crm;
+pub use leadpipe_crm_writer::fake as fake_crm;
 
 /// A lead that happened an hour ago, with ad consent granted.
 pub fn recent_lead(lead_id: &str) -> Value {
@@ -678,15 +689,15 @@ pub fn envelope_of(event: &Value) -> leadpipe_events::Envelope {
 }
 
 /// The token the fake Meta accepts by default.
-pub const META_TOKEN: &str = "good-token";
+pub const META_TOKEN: &str = fake_meta::TOKEN;
 /// The API secret the fake GA4 attributes requests with.
-pub const GA4_SECRET: &str = "ga4-secret";
+pub const GA4_SECRET: &str = fake_ga4::API_SECRET;
 /// The measurement id tests use.
-pub const GA4_MEASUREMENT_ID: &str = "G-TEST123";
+pub const GA4_MEASUREMENT_ID: &str = fake_ga4::MEASUREMENT_ID;
 /// The Google Ads operating account tests use.
-pub const GOOGLE_ADS_CUSTOMER_ID: &str = "1234567890";
+pub const GOOGLE_ADS_CUSTOMER_ID: &str = fake_google::CUSTOMER_ID;
 /// The conversion action tests use.
-pub const GOOGLE_ADS_CONVERSION_ACTION_ID: &str = "555000111";
+pub const GOOGLE_ADS_CONVERSION_ACTION_ID: &str = fake_google::CONVERSION_ACTION_ID;
 
 /// The shipped mapping config (`config/leadpipe.toml`).
 pub fn shipped_mapping() -> leadpipe_config::mapping::MappingConfig {
@@ -757,6 +768,9 @@ pub struct Pipeline {
     pub google: fake_google::FakeGoogle,
     /// The fake CRM (a signed-webhook receiver and a HubSpot-like API).
     pub crm: fake_crm::FakeCrm,
+    /// Every registered destination's fake, in queue order (the fields above are the same
+    /// fakes, typed, for the tests of one destination).
+    pub fakes: Vec<Arc<dyn FakeDestination>>,
     publisher: leadpipe_bus::Publisher,
     shutdown: CancellationToken,
 }
@@ -858,20 +872,28 @@ impl Pipeline {
         let (database_url, pool) = fresh_database().await;
         let shutdown = CancellationToken::new();
         let publisher = leadpipe_bus::Publisher::start(
-            leadpipe_bus::PublisherSettings::new(amqp_url(), "tests"),
+            leadpipe_bus::PublisherSettings::new(amqp_url(), "tests", all_topology()),
             names.clone(),
             shutdown.clone(),
         );
         assert!(publisher.wait_ready(Duration::from_secs(20)).await);
+        let fakes = leadpipe_registry::fakes::start().await;
+        fn typed<T: Clone + 'static>(fakes: &[Arc<dyn FakeDestination>]) -> T {
+            fakes
+                .iter()
+                .find_map(|f| f.as_any().downcast_ref::<T>().cloned())
+                .expect("the registry starts this fake")
+        }
         Self {
             broker: Broker::connect(names.clone()).await,
             names,
             database_url,
             pool,
-            meta: fake_meta::FakeMeta::start(META_TOKEN).await,
-            ga4: fake_ga4::FakeGa4::start(GA4_SECRET).await,
-            google: fake_google::FakeGoogle::start().await,
-            crm: fake_crm::FakeCrm::start().await,
+            meta: typed(&fakes),
+            ga4: typed(&fakes),
+            google: typed(&fakes),
+            crm: typed(&fakes),
+            fakes,
             publisher,
             shutdown,
         }
@@ -1110,59 +1132,34 @@ impl Pipeline {
         destination: Destination,
         extra: &[(&str, String)],
     ) -> tokio::process::Child {
-        let (name, env): (&str, Vec<(&str, String)>) = match destination {
-            Destination::Meta => (
-                "meta-sender",
-                vec![
-                    ("META_API_BASE_URL", self.meta.base_url.clone()),
-                    ("META_PIXEL_ID", "1234567890".into()),
-                    ("META_ACCESS_TOKEN", META_TOKEN.into()),
-                ],
-            ),
-            Destination::Ga4 => (
-                "ga4-sender",
-                vec![
-                    ("GA4_API_BASE_URL", self.ga4.base_url.clone()),
-                    ("GA4_MEASUREMENT_ID", GA4_MEASUREMENT_ID.into()),
-                    ("GA4_API_SECRET", GA4_SECRET.into()),
-                ],
-            ),
-            Destination::GoogleAds => (
-                "google-ads-sender",
-                vec![
-                    ("GOOGLE_DATA_MANAGER_BASE_URL", self.google.base_url.clone()),
-                    ("GOOGLE_ADS_API_BASE_URL", self.google.base_url.clone()),
-                    ("GOOGLE_OAUTH_TOKEN_URL", self.google.token_url()),
-                    ("GOOGLE_ADS_CUSTOMER_ID", GOOGLE_ADS_CUSTOMER_ID.into()),
-                    (
-                        "GOOGLE_ADS_CONVERSION_ACTION_ID",
-                        GOOGLE_ADS_CONVERSION_ACTION_ID.into(),
-                    ),
-                    ("GOOGLE_ADS_CLIENT_ID", "client-id".into()),
-                    ("GOOGLE_ADS_CLIENT_SECRET", "client-secret".into()),
-                    (
-                        "GOOGLE_ADS_REFRESH_TOKEN",
-                        fake_google::REFRESH_TOKEN.into(),
-                    ),
-                    ("GOOGLE_DM_STATUS_DELAY_SECS", "1".into()),
-                    ("GOOGLE_DM_STATUS_DELAY_MAX_SECS", "2".into()),
-                ],
-            ),
-            Destination::Crm => (
-                "crm-writer",
-                vec![
-                    ("CRM_KIND", "webhook".into()),
-                    ("CRM_WEBHOOK_URL", self.crm.webhook_url()),
-                    ("CRM_WEBHOOK_SECRET", fake_crm::WEBHOOK_SECRET.into()),
-                ],
-            ),
-        };
+        let name = leadpipe_registry::REGISTRY
+            .get(destination)
+            .unwrap_or_else(|| panic!("{destination} is not registered"))
+            .service;
+        let env = self.fake(destination).sender_env();
         let env: Vec<(&str, &str)> = env
             .iter()
             .chain(extra)
             .map(|(k, v)| (*k, v.as_str()))
             .collect();
         self.spawn_sender_binary(name, &env)
+    }
+
+    /// The fake of `destination`.
+    pub fn fake(&self, destination: Destination) -> &dyn FakeDestination {
+        self.fakes
+            .iter()
+            .find(|f| f.destination() == destination)
+            .map(|f| f.as_ref())
+            .unwrap_or_else(|| panic!("no fake for {destination}"))
+    }
+
+    /// The fake of `destination` as its own type (what only it has).
+    pub fn fake_as<T: 'static>(&self, destination: Destination) -> &T {
+        self.fake(destination)
+            .as_any()
+            .downcast_ref::<T>()
+            .unwrap_or_else(|| panic!("the fake of {destination} is another type"))
     }
 
     /// Starts the real `ingest` binary on this pipeline's namespace, its broker at
@@ -1220,7 +1217,8 @@ impl Pipeline {
 
     /// `(status, attempts)` of an event's meta row.
     pub async fn row(&self, event_id: &str) -> Option<(String, i32)> {
-        self.row_in(Destination::Meta, event_id).await
+        self.row_in(leadpipe_meta_sender::DESTINATION, event_id)
+            .await
     }
 
     /// `(status, attempts)` of an event's row for `destination`.
@@ -1244,7 +1242,7 @@ impl Pipeline {
 
     /// Waits until the event's meta row has `status`; panics with the last row otherwise.
     pub async fn wait_status(&self, event_id: &str, status: &str, timeout: Duration) -> i32 {
-        self.wait_status_in(Destination::Meta, event_id, status, timeout)
+        self.wait_status_in(leadpipe_meta_sender::DESTINATION, event_id, status, timeout)
             .await
     }
 
@@ -1270,7 +1268,7 @@ impl Pipeline {
 
     /// Waits until `n` meta rows have `status`.
     pub async fn wait_count(&self, status: &str, n: i64, timeout: Duration) {
-        self.wait_count_in(Destination::Meta, status, n, timeout)
+        self.wait_count_in(leadpipe_meta_sender::DESTINATION, status, n, timeout)
             .await
     }
 

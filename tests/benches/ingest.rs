@@ -24,7 +24,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use leadpipe_bus::Names;
-use leadpipe_bus::topology::{self, TopologySettings};
+use leadpipe_bus::topology::{self};
 use leadpipe_events::{Envelope, SCHEMA_VERSION, ValidationContext};
 use leadpipe_tests::bench::{bare_publisher, memory_mib, ms, percentile, release_bin};
 use leadpipe_tests::{Broker, amqp_url, unique_namespace};
@@ -53,7 +53,7 @@ fn event(i: usize) -> Value {
 }
 
 async fn purge(channel: &Channel, names: &Names) {
-    for q in names.all_queues() {
+    for q in names.all_queues(&leadpipe_registry::REGISTRY.destinations()) {
         let _ = channel
             .queue_purge(q.as_str().into(), QueuePurgeOptions::default())
             .await;
@@ -250,7 +250,7 @@ async fn open_loop(addr: std::net::SocketAddr, bodies: &Arc<Vec<Vec<u8>>>, rate:
 async fn main() {
     let names = Names::new(unique_namespace("bench"));
     let broker = Broker::connect(names.clone()).await;
-    topology::declare(&broker.channel, &names, TopologySettings::default())
+    topology::declare(&broker.channel, &names, &leadpipe_tests::all_topology())
         .await
         .unwrap();
 

@@ -17,7 +17,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use leadpipe_bus::{Destination, Names};
+use leadpipe_bus::Names;
 use leadpipe_tests::bench::{bare_publisher, cpu_seconds, memory_mib, ms, percentile, pids_named};
 use leadpipe_tests::stream::{Processes, event};
 use leadpipe_tests::{Broker, Pipeline, signed};
@@ -34,7 +34,7 @@ fn env_f64(name: &str, default: f64) -> f64 {
 
 async fn purge(names: &Names) {
     let broker = Broker::connect(names.clone()).await;
-    for q in names.all_queues() {
+    for q in names.all_queues(&leadpipe_registry::REGISTRY.destinations()) {
         let _ = broker
             .channel
             .queue_purge(q.as_str().into(), Default::default())
@@ -216,7 +216,7 @@ async fn main() {
     };
     let drain_started = Instant::now();
     let drained = leadpipe_tests::eventually(Duration::from_secs(300), || async {
-        decided().await >= accepted * Destination::ALL.len()
+        decided().await >= accepted * leadpipe_registry::REGISTRY.destinations().len()
     })
     .await;
     let drain = drain_started.elapsed();

@@ -38,13 +38,13 @@ const SEED_ROWS: i64 = 1_000_000;
 async fn preload(names: &Names, run: &str, keep: Destination) {
     let stop = CancellationToken::new();
     let publisher = Publisher::start(
-        PublisherSettings::new(amqp_url(), "bench-preload"),
+        PublisherSettings::new(amqp_url(), "bench-preload", leadpipe_tests::all_topology()),
         names.clone(),
         stop.clone(),
     );
     assert!(publisher.wait_ready(Duration::from_secs(20)).await);
     // Google Ads takes wins (with a click id); the others take leads.
-    let won = keep == Destination::GoogleAds;
+    let won = keep == leadpipe_google_ads_sender::DESTINATION;
     let routing_key = if won {
         "won.site-widget"
     } else {
@@ -86,7 +86,11 @@ async fn preload(names: &Names, run: &str, keep: Destination) {
     stop.cancel();
     // Only one queue matters per run; empty the others so the broker holds less.
     let broker = leadpipe_tests::Broker::connect(names.clone()).await;
-    for d in Destination::ALL.into_iter().filter(|d| *d != keep) {
+    for d in leadpipe_registry::REGISTRY
+        .destinations()
+        .into_iter()
+        .filter(|d| *d != keep)
+    {
         let _ = broker
             .channel
             .queue_purge(names.work_queue(d).as_str().into(), Default::default())
@@ -134,11 +138,11 @@ async fn main() {
 
     // 1. Chassis ceiling.
     let names = Names::new(unique_namespace("bc"));
-    preload(&names, "ceiling", Destination::Meta).await;
+    preload(&names, "ceiling", leadpipe_meta_sender::DESTINATION).await;
     let mut settings = p.meta_settings(&SenderOptions::default()).runtime;
     settings.amqp.namespace = names.namespace().to_owned();
     // A destination that accepts everything at once: what is left is the chassis.
-    let adapter = FnAdapter::new(Destination::Meta, |_, n| {
+    let adapter = FnAdapter::new(leadpipe_meta_sender::DESTINATION, |_, n| {
         vec![
             Outcome::Sent {
                 reference: None,
@@ -171,7 +175,8 @@ async fn main() {
     let mut results = Vec::new();
     // `BENCH_SENDERS=ga4` (or `meta`) runs one sender only.
     let only = std::env::var("BENCH_SENDERS").ok();
-    let senders: Vec<Destination> = Destination::ALL
+    let senders: Vec<Destination> = leadpipe_registry::REGISTRY
+        .destinations()
         .into_iter()
         .filter(|d| only.as_deref().is_none_or(|o| o == d.as_str()))
         .collect();
@@ -228,7 +233,7 @@ async fn main() {
 /// The service's name (`google-ads-sender`, not the queue's `google_ads`).
 fn sender_name(destination: Destination) -> String {
     match destination {
-        Destination::Crm => "crm-writer".to_owned(),
+        leadpipe_crm_writer::DESTINATION => "crm-writer".to_owned(),
         d => format!("{}-sender", d.as_str().replace('_', "-")),
     }
 }
@@ -258,7 +263,7 @@ async fn run_sender(
     // Destination-bound: one batch at a time per replica.
     let concurrency = if latency.is_zero() { None } else { Some(1) };
     let took = match destination {
-        Destination::Ga4 => {
+        leadpipe_ga4_sender::DESTINATION => {
             let fake = FakeGa4::start(leadpipe_tests::GA4_SECRET).await;
             fake.set_latency(latency);
             fake.set_lean();
@@ -284,7 +289,7 @@ async fn run_sender(
             }
             wait_until(|| fake.kept()).await
         }
-        Destination::GoogleAds => {
+        leadpipe_google_ads_sender::DESTINATION => {
             let fake = FakeGoogle::start().await;
             fake.set_latency(latency);
             let mut settings = p.google_settings(opts);
@@ -305,7 +310,7 @@ async fn run_sender(
             }
             wait_until(|| fake.accepted_count()).await
         }
-        Destination::Crm => {
+        leadpipe_crm_writer::DESTINATION => {
             let fake = FakeCrm::start().await;
             let mut settings = p.crm_settings(opts);
             settings.kind = leadpipe_crm_writer::cfg::CrmKind::Webhook {
@@ -326,7 +331,7 @@ async fn run_sender(
             }
             wait_until(|| fake.written_count()).await
         }
-        Destination::Meta => {
+        leadpipe_meta_sender::DESTINATION => {
             let fake = FakeMeta::start(leadpipe_tests::META_TOKEN).await;
             fake.set_latency(latency);
             let mut settings = p.meta_settings(opts);
@@ -344,6 +349,7 @@ async fn run_sender(
             }
             wait_until(|| fake.accepted().len()).await
         }
+        other => panic!("no sender benchmark for {other}"),
     };
     stop.cancel();
     for h in handles {

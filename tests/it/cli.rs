@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use leadpipe_bus::Destination;
 use leadpipe_tests::fake_meta::REJECTED_EMAIL;
 use leadpipe_tests::{Pipeline, SenderOptions, bin_path, eventually, recent_lead};
 
@@ -36,7 +35,7 @@ async fn an_operator_inspects_traces_and_replays_a_dead_letter_exactly_once() {
     let id = p.publish(&bad).await;
     let sender = p.start_meta(SenderOptions::default()).await;
     p.wait_status(&id, "dead_lettered", WAIT).await;
-    let dlq = p.names.dead_letter_queue(Destination::Meta);
+    let dlq = p.names.dead_letter_queue(leadpipe_meta_sender::DESTINATION);
     assert!(eventually(WAIT, || async { p.broker.depth(&dlq).await == 1 }).await);
 
     // Act + Assert: stats and list read without consuming, and print no PII.
@@ -98,9 +97,9 @@ async fn an_operator_inspects_traces_and_replays_a_dead_letter_exactly_once() {
     assert_eq!(p.meta.accepted()[&id], 1);
 
     // A bad destination is named.
-    let (ok, _, err) = cli(&p, &["dlq", "list", "tiktok"]).await;
+    let (ok, _, err) = cli(&p, &["dlq", "list", "metta"]).await;
     assert!(
-        !ok && err.contains("use meta, ga4, google_ads or crm"),
+        !ok && err.contains("\"metta\"") && err.contains(&leadpipe_registry::REGISTRY.names()),
         "{err}"
     );
     sender.stop().await;
@@ -121,8 +120,13 @@ async fn trace_shows_a_google_ads_event_accepted_then_its_final_status() {
     let sender = p.start_google(SenderOptions::default()).await;
 
     // Act + Assert: accepted, with the request id, while Google processes it…
-    p.wait_status_in(Destination::GoogleAds, &id, "accepted", WAIT)
-        .await;
+    p.wait_status_in(
+        leadpipe_google_ads_sender::DESTINATION,
+        &id,
+        "accepted",
+        WAIT,
+    )
+    .await;
     let (ok, trace, _) = cli(&p, &["trace", &id]).await;
     assert!(ok);
     assert!(
@@ -130,7 +134,7 @@ async fn trace_shows_a_google_ads_event_accepted_then_its_final_status() {
         "{trace}"
     );
     // …then sent once the status says so.
-    p.wait_status_in(Destination::GoogleAds, &id, "sent", WAIT)
+    p.wait_status_in(leadpipe_google_ads_sender::DESTINATION, &id, "sent", WAIT)
         .await;
     let (_, trace, _) = cli(&p, &["trace", &id]).await;
     assert!(
@@ -235,7 +239,7 @@ async fn replay_since_a_time_keeps_events_the_destination_would_now_refuse_as_to
         now - chrono::Duration::days(3),
     )
     .await;
-    let dlq = p.names.dead_letter_queue(Destination::Meta);
+    let dlq = p.names.dead_letter_queue(leadpipe_meta_sender::DESTINATION);
     assert!(eventually(WAIT, || async { p.broker.depth(&dlq).await == 3 }).await);
 
     // Act
@@ -246,7 +250,7 @@ async fn replay_since_a_time_keeps_events_the_destination_would_now_refuse_as_to
     assert!(out.contains("replayed 1 message(s)"), "{out}");
     assert!(out.contains("1 of them too old for meta"), "{out}");
     assert!(err.contains("3/3"), "no progress: {err}");
-    let work = p.names.work_queue(Destination::Meta);
+    let work = p.names.work_queue(leadpipe_meta_sender::DESTINATION);
     let moved = p.broker.take(&work, 1, WAIT).await;
     assert_eq!(moved[0].message_id().as_deref(), Some(fresh.as_str()));
     let left: Vec<String> = p
@@ -278,7 +282,7 @@ async fn thirty_inspections_spend_no_delivery_attempt_and_a_replay_then_finds_ev
             .await,
         );
     }
-    let dlq = p.names.dead_letter_queue(Destination::Meta);
+    let dlq = p.names.dead_letter_queue(leadpipe_meta_sender::DESTINATION);
     assert!(eventually(WAIT, || async { p.broker.depth(&dlq).await == 3 }).await);
 
     // Act: thirty inspections, each of stats, list and a dry-run replay in turn (on RabbitMQ
@@ -303,7 +307,7 @@ async fn thirty_inspections_spend_no_delivery_attempt_and_a_replay_then_finds_ev
     let (ok, out, err) = cli(&p, &["dlq", "replay", "meta"]).await;
     assert!(ok, "{err}");
     assert!(out.contains("replayed 3 message(s)"), "{out}");
-    let work = p.names.work_queue(Destination::Meta);
+    let work = p.names.work_queue(leadpipe_meta_sender::DESTINATION);
     let moved = p.broker.take(&work, 3, WAIT).await;
     let mut moved_ids: Vec<String> = moved.iter().filter_map(|m| m.message_id()).collect();
     moved_ids.sort();

@@ -10,7 +10,7 @@ use leadpipe_tests::fake_crm::HUBSPOT_REJECTED_EMAIL;
 use leadpipe_tests::{Pipeline, SenderOptions, eventually, recent_lead};
 
 const WAIT: Duration = Duration::from_secs(30);
-const CRM: Destination = Destination::Crm;
+const CRM: Destination = leadpipe_crm_writer::DESTINATION;
 
 /// A lead with the conversation context sales needs.
 fn rich_lead(lead_id: &str) -> Value {

@@ -4,11 +4,10 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use leadpipe_bus::Destination;
 use leadpipe_tests::{Pipeline, SenderOptions, bin_path, eventually, recent_lead};
 
 fn spawn_binary(p: &Pipeline) -> tokio::process::Child {
-    p.spawn_destination_binary(Destination::Crm)
+    p.spawn_destination_binary(leadpipe_crm_writer::DESTINATION)
 }
 
 #[tokio::test]
@@ -32,8 +31,13 @@ async fn a_crm_writer_killed_mid_batch_and_restarted_writes_every_lead_under_its
     child.start_kill().unwrap();
     child.wait().await.unwrap();
     let mut child = spawn_binary(&p);
-    p.wait_count_in(Destination::Crm, "sent", 100, Duration::from_secs(90))
-        .await;
+    p.wait_count_in(
+        leadpipe_crm_writer::DESTINATION,
+        "sent",
+        100,
+        Duration::from_secs(90),
+    )
+    .await;
 
     // Assert: every lead written once (a resend carries the same webhook-id, which the
     // receiver answers 409 and the writer counts as delivered), nothing dead-lettered.
@@ -41,7 +45,7 @@ async fn a_crm_writer_killed_mid_batch_and_restarted_writes_every_lead_under_its
     assert_eq!(written.keys().cloned().collect::<HashSet<_>>(), ids);
     assert!(written.values().all(|&n| n == 1));
     assert!(p.crm.deliveries().iter().all(|d| d.verified));
-    assert_eq!(p.dlq_depth(Destination::Crm).await, 0);
+    assert_eq!(p.dlq_depth(leadpipe_crm_writer::DESTINATION).await, 0);
     child.start_kill().unwrap();
     let _ = child.wait().await;
     p.cleanup().await;
@@ -67,8 +71,13 @@ async fn sigterm_drains_the_crm_writer_and_it_exits_cleanly_losing_nothing() {
 
     assert!(status.success(), "{status:?}");
     let writer = p.start_crm(SenderOptions::default()).await;
-    p.wait_count_in(Destination::Crm, "sent", 60, Duration::from_secs(60))
-        .await;
+    p.wait_count_in(
+        leadpipe_crm_writer::DESTINATION,
+        "sent",
+        60,
+        Duration::from_secs(60),
+    )
+    .await;
     assert_eq!(p.crm.written().keys().cloned().collect::<HashSet<_>>(), ids);
     writer.stop().await;
     p.cleanup().await;

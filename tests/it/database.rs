@@ -33,12 +33,24 @@ async fn migrations_create_the_delivery_log_and_apply_twice_without_change() {
     .execute(&pool)
     .await;
     assert!(bad_status.is_err(), "unknown statuses must be refused");
+    for name in leadpipe_registry::REGISTRY.all().iter().map(|r| r.name()) {
+        sqlx::query(
+            "INSERT INTO deliveries (destination, event_id, event_name, status) VALUES ($1, 'e3', 'lead', 'sent')",
+        )
+        .bind(name)
+        .execute(&pool)
+        .await
+        .unwrap_or_else(|e| panic!("registered destination {name}: {e}"));
+    }
     let bad_dest = sqlx::query(
-        "INSERT INTO deliveries (destination, event_id, event_name, status) VALUES ('tiktok', 'e3', 'lead', 'sent')",
+        "INSERT INTO deliveries (destination, event_id, event_name, status) VALUES ('Meta Ads', 'e3', 'lead', 'sent')",
     )
     .execute(&pool)
     .await;
-    assert!(bad_dest.is_err(), "unknown destinations must be refused");
+    assert!(
+        bad_dest.is_err(),
+        "a malformed destination name must be refused"
+    );
     pool.close().await;
     leadpipe_tests::drop_database(&url).await;
 }
@@ -106,15 +118,19 @@ async fn keying_by_event_name_keeps_every_existing_row() {
     .unwrap();
     drop(conn);
 
-    // Act: the new migration on top of those rows.
-    let new = leadpipe_db::MIGRATOR
+    // Act: the key migration and every later one (the registry's, which drops the list of
+    // destinations) on top of those rows.
+    let later: Vec<_> = leadpipe_db::MIGRATOR
         .iter()
-        .find(|m| m.version == 20261206000004)
-        .expect("the key migration");
-    sqlx::raw_sql(sqlx::AssertSqlSafe(new.sql.as_str().to_owned()))
-        .execute(&pool)
-        .await
-        .unwrap();
+        .filter(|m| m.version >= 20261206000004)
+        .collect();
+    assert!(later.len() >= 2, "the key and registry migrations");
+    for m in later {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(m.sql.as_str().to_owned()))
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
 
     // Assert
     let rows: Vec<(String, String, String, String, i32)> = sqlx::query_as(

@@ -69,3 +69,35 @@ fn every_metric_in_the_dashboard_and_alert_rules_is_one_the_services_export() {
         );
     }
 }
+
+fn repo_file(path: &str) -> String {
+    std::fs::read_to_string(format!("{}/../{path}", env!("CARGO_MANIFEST_DIR")))
+        .unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+#[test]
+fn every_registered_destination_has_its_compose_service_and_kubernetes_manifest() {
+    let compose = repo_file("docker-compose.yml");
+    for r in leadpipe_registry::REGISTRY.all() {
+        let (service, port) = (r.service, r.metrics_port);
+        assert!(
+            compose.contains(&format!("\n  {service}:\n"))
+                && compose.contains(&format!("command: [\"{service}\"]"))
+                && compose.contains(&format!("METRICS_ADDR: 0.0.0.0:{port}")),
+            "docker-compose.yml has no {service} service on port {port}"
+        );
+        let manifest = repo_file(&format!("deploy/k8s/{service}.yaml"));
+        for want in [
+            format!("name: {service}"),
+            format!("command: [\"{service}\"]"),
+            format!("containerPort: {port}"),
+            format!("value: \"0.0.0.0:{port}\""),
+            format!("queueName: leadpipe.{}", r.name()),
+        ] {
+            assert!(
+                manifest.contains(&want),
+                "deploy/k8s/{service}.yaml: no {want}"
+            );
+        }
+    }
+}

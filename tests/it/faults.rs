@@ -8,7 +8,6 @@
 
 use std::time::Duration;
 
-use leadpipe_bus::Destination;
 use leadpipe_tests::storm::{ResettingProxy, Strike};
 use leadpipe_tests::stream::{Posted, Processes, Repeats, Stream, check};
 use leadpipe_tests::{Pipeline, TcpProxy, eventually};
@@ -44,7 +43,11 @@ async fn struck_everywhere(p: &Pipeline) {
     .fetch_all(&p.pool)
     .await
     .unwrap();
-    assert_eq!(most.len(), Destination::ALL.len(), "{most:?}");
+    assert_eq!(
+        most.len(),
+        leadpipe_registry::REGISTRY.destinations().len(),
+        "{most:?}"
+    );
     assert!(
         most.iter().all(|(_, n)| *n > 1),
         "a calm destination: {most:?}"
@@ -89,7 +92,8 @@ async fn two_replicas_of_every_sender_one_of_each_killed_mid_stream_loses_nothin
     assert!(eventually(WAIT, || async { run.requests_seen() >= 4 }).await);
 
     // Act: the first replica of each SIGKILLed; the survivors finish the stream.
-    let first_replicas: Vec<usize> = (0..Destination::ALL.len()).collect();
+    let first_replicas: Vec<usize> =
+        (0..leadpipe_registry::REGISTRY.destinations().len()).collect();
     run.kill(&first_replicas).await;
     driver.post(&stream, rest).await;
 
@@ -101,10 +105,9 @@ async fn two_replicas_of_every_sender_one_of_each_killed_mid_stream_loses_nothin
 /// Every second request to every destination struck with `strike`.
 async fn storm(strike: Strike, env: Vec<(&'static str, String)>) {
     let p = Pipeline::new().await;
-    p.meta.set_storm_of(2, strike);
-    p.ga4.set_storm_of(2, strike);
-    p.google.set_storm_of(2, strike);
-    p.crm.set_storm_of(2, strike);
+    for fake in &p.fakes {
+        fake.set_storm_of(2, strike);
+    }
     let run = Processes::start(p, None, 1, env).await;
     post_all_and_check(&run).await;
     struck_everywhere(&run.p).await;

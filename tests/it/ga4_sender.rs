@@ -12,7 +12,7 @@ use leadpipe_tests::fake_ga4::REJECTED_TRANSACTION_ID;
 use leadpipe_tests::{Pipeline, SenderOptions, eventually, recent_lead};
 
 const WAIT: Duration = Duration::from_secs(30);
-const GA4: Destination = Destination::Ga4;
+const GA4: Destination = leadpipe_ga4_sender::DESTINATION;
 
 /// A `won` of `lead_id` for `order` worth `value` USD, an hour ago.
 fn won(lead_id: &str, order: &str, value: f64) -> Value {

@@ -3,13 +3,12 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use leadpipe_bus::Destination;
 use leadpipe_tests::{
     GA4_MEASUREMENT_ID, GA4_SECRET, Pipeline, SenderOptions, bin_path, eventually, recent_lead,
 };
 
 fn spawn_binary(p: &Pipeline) -> tokio::process::Child {
-    p.spawn_destination_binary(Destination::Ga4)
+    p.spawn_destination_binary(leadpipe_ga4_sender::DESTINATION)
 }
 
 #[tokio::test]
@@ -34,8 +33,13 @@ async fn a_ga4_sender_killed_mid_batch_and_restarted_delivers_every_event_with_i
     child.wait().await.unwrap();
     let before = p.ga4.requests().len();
     let mut child = spawn_binary(&p);
-    p.wait_count_in(Destination::Ga4, "sent", 200, Duration::from_secs(90))
-        .await;
+    p.wait_count_in(
+        leadpipe_ga4_sender::DESTINATION,
+        "sent",
+        200,
+        Duration::from_secs(90),
+    )
+    .await;
 
     // Assert: every event kept by GA4; any resend carried the event's own id.
     assert!(
@@ -46,7 +50,7 @@ async fn a_ga4_sender_killed_mid_batch_and_restarted_delivers_every_event_with_i
     assert_eq!(counts.keys().cloned().collect::<HashSet<_>>(), ids);
     let sent: HashSet<String> = p.ga4.event_ids_sent().into_iter().collect();
     assert_eq!(sent, ids, "a request carried an id that is not the event's");
-    assert_eq!(p.dlq_depth(Destination::Ga4).await, 0);
+    assert_eq!(p.dlq_depth(leadpipe_ga4_sender::DESTINATION).await, 0);
     child.start_kill().unwrap();
     let _ = child.wait().await;
     p.cleanup().await;
@@ -75,8 +79,13 @@ async fn sigterm_drains_the_ga4_sender_and_it_exits_cleanly_losing_nothing() {
     // Assert: a clean exit; a fresh sender finishes the rest and nothing is lost.
     assert!(status.success(), "{status:?}");
     let sender = p.start_ga4(SenderOptions::default()).await;
-    p.wait_count_in(Destination::Ga4, "sent", 100, Duration::from_secs(60))
-        .await;
+    p.wait_count_in(
+        leadpipe_ga4_sender::DESTINATION,
+        "sent",
+        100,
+        Duration::from_secs(60),
+    )
+    .await;
     assert_eq!(
         p.ga4
             .collected_counts()

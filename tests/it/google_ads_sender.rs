@@ -14,7 +14,7 @@ use leadpipe_tests::{
 };
 
 const WAIT: Duration = Duration::from_secs(30);
-const ADS: Destination = Destination::GoogleAds;
+const ADS: Destination = leadpipe_google_ads_sender::DESTINATION;
 
 /// A `won` of `lead_id` for `order`, an hour ago, with a gclid when given.
 fn won(lead_id: &str, order: &str, gclid: Option<&str>) -> Value {

@@ -5,11 +5,10 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use leadpipe_bus::Destination;
 use leadpipe_tests::{Pipeline, SenderOptions, eventually, recent_lead};
 
 fn spawn_binary(p: &Pipeline) -> tokio::process::Child {
-    p.spawn_destination_binary(Destination::GoogleAds)
+    p.spawn_destination_binary(leadpipe_google_ads_sender::DESTINATION)
 }
 
 fn won(i: usize) -> serde_json::Value {
@@ -43,14 +42,22 @@ async fn a_google_ads_sender_killed_mid_batch_and_restarted_delivers_every_event
     child.start_kill().unwrap();
     child.wait().await.unwrap();
     let mut child = spawn_binary(&p);
-    p.wait_count_in(Destination::GoogleAds, "sent", 100, Duration::from_secs(90))
-        .await;
+    p.wait_count_in(
+        leadpipe_google_ads_sender::DESTINATION,
+        "sent",
+        100,
+        Duration::from_secs(90),
+    )
+    .await;
 
     // Assert: every order ingested; a resend carries the same transactionId, which Google
     // dedupes on; nothing dead-lettered.
     let sent: HashSet<String> = p.google.transaction_ids_sent().into_iter().collect();
     assert_eq!(sent, orders);
-    assert_eq!(p.dlq_depth(Destination::GoogleAds).await, 0);
+    assert_eq!(
+        p.dlq_depth(leadpipe_google_ads_sender::DESTINATION).await,
+        0
+    );
     child.start_kill().unwrap();
     let _ = child.wait().await;
     p.cleanup().await;
@@ -78,9 +85,17 @@ async fn sigterm_drains_the_google_ads_sender_and_it_exits_cleanly_losing_nothin
     // Assert: a clean exit; a fresh sender finishes the rest (polls included).
     assert!(status.success(), "{status:?}");
     let sender = p.start_google(SenderOptions::default()).await;
-    p.wait_count_in(Destination::GoogleAds, "sent", 60, Duration::from_secs(60))
-        .await;
-    assert_eq!(p.dlq_depth(Destination::GoogleAds).await, 0);
+    p.wait_count_in(
+        leadpipe_google_ads_sender::DESTINATION,
+        "sent",
+        60,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(
+        p.dlq_depth(leadpipe_google_ads_sender::DESTINATION).await,
+        0
+    );
     sender.stop().await;
     p.cleanup().await;
 }

@@ -484,7 +484,7 @@ async fn a_native_webhook_is_mapped_by_the_sources_field_map_validated_and_publi
         .to_owned();
     let m = &broker
         .take(
-            &app.names.work_queue(leadpipe_bus::Destination::Crm),
+            &app.names.work_queue(leadpipe_crm_writer::DESTINATION),
             1,
             WAIT,
         )
@@ -587,7 +587,7 @@ async fn messy_real_world_contact_data_and_a_partial_refund_worth_more_than_refu
     // Assert: normalized on the bus, nothing of the number's extension kept.
     let got = broker
         .take(
-            &app.names.work_queue(leadpipe_bus::Destination::Meta),
+            &app.names.work_queue(leadpipe_meta_sender::DESTINATION),
             3,
             WAIT,
         )

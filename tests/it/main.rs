@@ -6,6 +6,7 @@ mod crm_writer;
 mod crm_writer_binary;
 mod database;
 mod deploy;
+mod docs;
 mod dry_run_binary;
 mod faults;
 mod ga4_sender;

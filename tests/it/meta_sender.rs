@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use leadpipe_bus::Destination;
 use leadpipe_events::sha256_hex;
 use leadpipe_tests::fake_meta::{REJECTED_EMAIL, Scripted};
 use leadpipe_tests::{Pipeline, SenderOptions, eventually, recent_lead};
@@ -115,7 +114,10 @@ async fn the_same_event_delivered_twice_by_the_broker_makes_one_request() {
     let sender = p.start_meta(SenderOptions::default()).await;
     p.wait_status(&id, "sent", WAIT).await;
     let depth_zero = eventually(WAIT, || async {
-        p.broker.depth(&p.names.work_queue(Destination::Meta)).await == 0
+        p.broker
+            .depth(&p.names.work_queue(leadpipe_meta_sender::DESTINATION))
+            .await
+            == 0
     })
     .await;
 
@@ -129,7 +131,10 @@ async fn the_same_event_delivered_twice_by_the_broker_makes_one_request() {
     let sender = p.start_meta(SenderOptions::default()).await;
     assert!(
         eventually(WAIT, || async {
-            p.broker.depth(&p.names.work_queue(Destination::Meta)).await == 0
+            p.broker
+                .depth(&p.names.work_queue(leadpipe_meta_sender::DESTINATION))
+                .await
+                == 0
         })
         .await
     );
@@ -218,7 +223,7 @@ async fn one_event_meta_rejects_in_a_batch_of_50_is_isolated_and_dead_lettered()
     assert_eq!(accepted.len(), 49);
     assert!(accepted.values().all(|n| *n == 1));
     assert!(!accepted.contains_key(&bad));
-    let dlq = p.names.dead_letter_queue(Destination::Meta);
+    let dlq = p.names.dead_letter_queue(leadpipe_meta_sender::DESTINATION);
     let dead = p.broker.take(&dlq, 1, WAIT).await;
     let m = &dead[0];
     assert_eq!(m.message_id().as_deref(), Some(bad.as_str()));
@@ -258,7 +263,7 @@ async fn an_invalid_token_pauses_without_dead_lettering_and_resumes_when_accepte
             .await
             .contains(r#"leadpipe_destination_paused{destination="meta"} 1"#)
     );
-    assert_eq!(p.dlq_depth(Destination::Meta).await, 0);
+    assert_eq!(p.dlq_depth(leadpipe_meta_sender::DESTINATION).await, 0);
     assert_ne!(p.row(&id).await.map(|r| r.0), Some("dead_lettered".into()));
     // While paused it probes with a side-effect-free read of the pixel, refused with 190,
     // and never posts an (invalid) empty batch.
@@ -285,7 +290,7 @@ async fn an_invalid_token_pauses_without_dead_lettering_and_resumes_when_accepte
     p.wait_status(&id, "sent", WAIT).await;
     assert!(eventually(WAIT, || async { sender.readyz().await == 200 }).await);
     assert_eq!(p.meta.accepted()[&id], 1);
-    assert_eq!(p.dlq_depth(Destination::Meta).await, 0);
+    assert_eq!(p.dlq_depth(leadpipe_meta_sender::DESTINATION).await, 0);
     assert!(p.meta.reads().iter().any(|(_, status)| *status == 200));
     sender.stop().await;
     p.cleanup().await;
@@ -418,7 +423,7 @@ async fn an_undecodable_message_goes_to_the_dlq_at_once() {
     .await;
 
     let sender = p.start_meta(SenderOptions::default()).await;
-    let dlq = p.names.dead_letter_queue(Destination::Meta);
+    let dlq = p.names.dead_letter_queue(leadpipe_meta_sender::DESTINATION);
     let dead = p.broker.take(&dlq, 1, WAIT).await;
 
     assert_eq!(
@@ -448,7 +453,11 @@ async fn an_event_that_keeps_failing_is_dead_lettered_after_max_attempts() {
 
     let dead = p
         .broker
-        .take(&p.names.dead_letter_queue(Destination::Meta), 1, WAIT)
+        .take(
+            &p.names.dead_letter_queue(leadpipe_meta_sender::DESTINATION),
+            1,
+            WAIT,
+        )
         .await;
     assert_eq!(dead[0].header("x-leadpipe-attempts").as_deref(), Some("3"));
     assert_eq!(
@@ -520,7 +529,10 @@ async fn a_copy_arriving_on_another_channel_while_the_first_is_in_flight_is_not_
     p.wait_status(&id, "sent", WAIT).await;
     assert!(
         eventually(WAIT, || async {
-            p.broker.depth(&p.names.work_queue(Destination::Meta)).await == 0
+            p.broker
+                .depth(&p.names.work_queue(leadpipe_meta_sender::DESTINATION))
+                .await
+                == 0
         })
         .await
     );

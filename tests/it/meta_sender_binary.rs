@@ -3,11 +3,10 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use leadpipe_bus::Destination;
 use leadpipe_tests::{Pipeline, SenderOptions, eventually, recent_lead};
 
 fn spawn_binary(p: &Pipeline) -> tokio::process::Child {
-    p.spawn_destination_binary(Destination::Meta)
+    p.spawn_destination_binary(leadpipe_meta_sender::DESTINATION)
 }
 
 #[tokio::test]
@@ -44,7 +43,7 @@ async fn a_sender_killed_mid_batch_and_restarted_delivers_every_event_with_its_o
     assert_eq!(accepted.keys().cloned().collect::<HashSet<_>>(), ids);
     let seen: HashSet<String> = p.meta.event_ids_seen().into_iter().collect();
     assert_eq!(seen, ids, "a request carried an id that is not the event's");
-    assert_eq!(p.dlq_depth(Destination::Meta).await, 0);
+    assert_eq!(p.dlq_depth(leadpipe_meta_sender::DESTINATION).await, 0);
     child.start_kill().unwrap();
     let _ = child.wait().await;
     p.cleanup().await;

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use leadpipe_bus::Destination;
 use leadpipe_events::sha256_hex;
 use leadpipe_tests::{IngestOptions, Pipeline, SenderOptions, spawn_ingest};
 
@@ -106,11 +105,19 @@ async fn the_widget_and_messenger_examples_reach_every_destination_as_their_cano
     assert_eq!(ids[1], canonical_id(&messenger_canonical));
     // …delivered to every destination they are routed to (leads: Google Ads skips them).
     for id in &ids {
-        p.wait_status_in(Destination::Meta, id, "sent", WAIT).await;
-        p.wait_status_in(Destination::Ga4, id, "sent", WAIT).await;
-        p.wait_status_in(Destination::Crm, id, "sent", WAIT).await;
-        p.wait_status_in(Destination::GoogleAds, id, "skipped_unmapped", WAIT)
+        p.wait_status_in(leadpipe_meta_sender::DESTINATION, id, "sent", WAIT)
             .await;
+        p.wait_status_in(leadpipe_ga4_sender::DESTINATION, id, "sent", WAIT)
+            .await;
+        p.wait_status_in(leadpipe_crm_writer::DESTINATION, id, "sent", WAIT)
+            .await;
+        p.wait_status_in(
+            leadpipe_google_ads_sender::DESTINATION,
+            id,
+            "skipped_unmapped",
+            WAIT,
+        )
+        .await;
     }
     // Meta: hashed per the contract (German national number completed with the lead's country;
     // accents kept in names); Messenger's opt-in true became granted consent.

@@ -52,13 +52,14 @@ async fn a_destination_slower_than_the_lease_never_gets_an_event_twice() {
     // Act: the event is taken and its request hangs; once the lease would have run out, a
     // copy of the same event (a client retry) arrives and is consumed meanwhile.
     let id = p.publish(&event).await;
-    p.wait_status_in(Destination::Ga4, &id, "in_flight", WAIT)
+    p.wait_status_in(leadpipe_ga4_sender::DESTINATION, &id, "in_flight", WAIT)
         .await;
     tokio::time::sleep(lease + Duration::from_millis(300)).await;
     assert_eq!(p.publish(&event).await, id);
 
     // Assert: sent once; the copy waited for the lease and was then acked as a duplicate.
-    p.wait_status_in(Destination::Ga4, &id, "sent", WAIT).await;
+    p.wait_status_in(leadpipe_ga4_sender::DESTINATION, &id, "sent", WAIT)
+        .await;
     let settled = eventually(WAIT, || async {
         let pages = [a.metrics().await, b.metrics().await];
         counter(
@@ -97,7 +98,7 @@ struct WriteScope {
 impl leadpipe_consumer::Adapter for WriteScope {
     type Prepared = ();
     fn destination(&self) -> Destination {
-        Destination::Crm
+        leadpipe_crm_writer::DESTINATION
     }
     fn max_batch(&self) -> usize {
         100
@@ -183,7 +184,7 @@ async fn a_destination_that_passes_its_probe_but_refuses_writes_never_drains_the
         sent.lock().unwrap().len(),
         ids.len()
     );
-    assert_eq!(p.dlq_depth(Destination::Crm).await, 0);
+    assert_eq!(p.dlq_depth(leadpipe_crm_writer::DESTINATION).await, 0);
     let mut counts: HashMap<String, usize> = HashMap::new();
     for id in sent.lock().unwrap().iter() {
         *counts.entry(id.clone()).or_default() += 1;
@@ -224,7 +225,7 @@ struct PanicsOnOne {
 impl leadpipe_consumer::Adapter for PanicsOnOne {
     type Prepared = String;
     fn destination(&self) -> Destination {
-        Destination::Crm
+        leadpipe_crm_writer::DESTINATION
     }
     fn max_batch(&self) -> usize {
         100
@@ -256,13 +257,24 @@ async fn a_panic_preparing_one_event_dead_letters_it_alone_and_sends_its_neighbo
     let sender = start_sender(runtime, PanicsOnOne { sent: sent.clone() }).await;
 
     // Assert
-    p.wait_status_in(Destination::Crm, &boom, "dead_lettered", WAIT)
+    p.wait_status_in(
+        leadpipe_crm_writer::DESTINATION,
+        &boom,
+        "dead_lettered",
+        WAIT,
+    )
+    .await;
+    p.wait_status_in(leadpipe_crm_writer::DESTINATION, &a, "sent", WAIT)
         .await;
-    p.wait_status_in(Destination::Crm, &a, "sent", WAIT).await;
-    p.wait_status_in(Destination::Crm, &c, "sent", WAIT).await;
+    p.wait_status_in(leadpipe_crm_writer::DESTINATION, &c, "sent", WAIT)
+        .await;
     let dead = p
         .broker
-        .take(&p.names.dead_letter_queue(Destination::Crm), 1, WAIT)
+        .take(
+            &p.names.dead_letter_queue(leadpipe_crm_writer::DESTINATION),
+            1,
+            WAIT,
+        )
         .await;
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].message_id().as_deref(), Some(boom.as_str()));

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use leadpipe_bus::Destination;
 use leadpipe_tests::stream::{Processes, Repeats, Stream, check};
 use leadpipe_tests::{IngestOptions, Pipeline, SenderOptions, spawn_ingest};
 
@@ -69,7 +68,11 @@ async fn the_ingest_requests_trace_reaches_each_destination_call() {
         .as_str()
         .unwrap()
         .to_owned();
-    for d in [Destination::Meta, Destination::Ga4, Destination::Crm] {
+    for d in [
+        leadpipe_meta_sender::DESTINATION,
+        leadpipe_ga4_sender::DESTINATION,
+        leadpipe_crm_writer::DESTINATION,
+    ] {
         p.wait_status_in(d, &id, "sent", Duration::from_secs(30))
             .await;
     }

@@ -25,7 +25,7 @@ struct LaterAdapter {
 impl leadpipe_consumer::Adapter for LaterAdapter {
     type Prepared = String;
     fn destination(&self) -> Destination {
-        Destination::GoogleAds
+        leadpipe_google_ads_sender::DESTINATION
     }
     fn max_batch(&self) -> usize {
         100
@@ -105,16 +105,36 @@ async fn accepted_events_wait_in_the_delay_queues_for_their_verdicts_and_are_res
     let handle = tokio::spawn(sender.run_until_stopped(stop.clone()));
 
     // Act + Assert: recorded `accepted` first, never marked sent before its verdict.
-    p.wait_status_in(Destination::GoogleAds, &later, "accepted", WAIT)
-        .await;
+    p.wait_status_in(
+        leadpipe_google_ads_sender::DESTINATION,
+        &later,
+        "accepted",
+        WAIT,
+    )
+    .await;
     // A second copy of the original event is a duplicate, not a poll and not a request.
     p.publish(&later_event).await;
-    p.wait_status_in(Destination::GoogleAds, &later, "sent", WAIT)
-        .await;
-    p.wait_status_in(Destination::GoogleAds, &fail, "dead_lettered", WAIT)
-        .await;
-    p.wait_status_in(Destination::GoogleAds, &resend, "sent", WAIT)
-        .await;
+    p.wait_status_in(
+        leadpipe_google_ads_sender::DESTINATION,
+        &later,
+        "sent",
+        WAIT,
+    )
+    .await;
+    p.wait_status_in(
+        leadpipe_google_ads_sender::DESTINATION,
+        &fail,
+        "dead_lettered",
+        WAIT,
+    )
+    .await;
+    p.wait_status_in(
+        leadpipe_google_ads_sender::DESTINATION,
+        &resend,
+        "sent",
+        WAIT,
+    )
+    .await;
 
     // Assert
     let sends = sends.lock().unwrap().clone();
@@ -132,7 +152,12 @@ async fn accepted_events_wait_in_the_delay_queues_for_their_verdicts_and_are_res
     );
     let dlq = p
         .broker
-        .take(&p.names.dead_letter_queue(Destination::GoogleAds), 1, WAIT)
+        .take(
+            &p.names
+                .dead_letter_queue(leadpipe_google_ads_sender::DESTINATION),
+            1,
+            WAIT,
+        )
         .await;
     assert_eq!(dlq[0].message_id().as_deref(), Some(fail.as_str()));
     assert_eq!(
@@ -147,7 +172,7 @@ async fn accepted_events_wait_in_the_delay_queues_for_their_verdicts_and_are_res
     .await
     .unwrap();
     assert_eq!(code.as_deref(), Some("click_not_found"));
-    let queue = p.names.work_queue(Destination::GoogleAds);
+    let queue = p.names.work_queue(leadpipe_google_ads_sender::DESTINATION);
     assert!(eventually(WAIT, || async { p.broker.depth(&queue).await == 0 }).await);
     stop.cancel();
     let _ = handle.await;
@@ -159,7 +184,7 @@ async fn an_event_without_a_verdict_after_max_polls_is_dead_lettered_as_verdict_
     // Arrange: a destination that accepts and never decides (FnAdapter's verdicts are Pending).
     let p = Pipeline::new().await;
     let id = p.publish(&recent_lead("L-never")).await;
-    let adapter = FnAdapter::new(Destination::GoogleAds, |_, n| {
+    let adapter = FnAdapter::new(leadpipe_google_ads_sender::DESTINATION, |_, n| {
         vec![Outcome::Accepted { reference: None }; n]
     });
     let mut settings = p.runtime_settings(&SenderOptions::default());
@@ -172,7 +197,7 @@ async fn an_event_without_a_verdict_after_max_polls_is_dead_lettered_as_verdict_
 
     // Act + Assert
     p.wait_status_in(
-        Destination::GoogleAds,
+        leadpipe_google_ads_sender::DESTINATION,
         &id,
         "dead_lettered",
         Duration::from_secs(60),
@@ -180,7 +205,12 @@ async fn an_event_without_a_verdict_after_max_polls_is_dead_lettered_as_verdict_
     .await;
     let dlq = p
         .broker
-        .take(&p.names.dead_letter_queue(Destination::GoogleAds), 1, WAIT)
+        .take(
+            &p.names
+                .dead_letter_queue(leadpipe_google_ads_sender::DESTINATION),
+            1,
+            WAIT,
+        )
         .await;
     assert_eq!(
         dlq[0].header("x-leadpipe-error-code").as_deref(),
@@ -232,7 +262,7 @@ async fn a_sender_that_loses_the_database_returns_its_batches_and_delivers_once_
     // Act: events arrive while the database is away.
     proxy.cut();
     let id = p.publish(&recent_lead("L-db-down")).await;
-    let queue = p.names.work_queue(Destination::Meta);
+    let queue = p.names.work_queue(leadpipe_meta_sender::DESTINATION);
     let requeued = eventually(WAIT, || async {
         sender.metrics().await.contains(r#"result="requeued""#)
     })
@@ -269,7 +299,7 @@ async fn when_every_request_keeps_failing_the_sender_pauses_then_resumes() {
     assert!(paused);
     p.wait_status(&id, "sent", WAIT).await;
     assert!(eventually(WAIT, || async { sender.readyz().await == 200 }).await);
-    assert_eq!(p.dlq_depth(Destination::Meta).await, 0);
+    assert_eq!(p.dlq_depth(leadpipe_meta_sender::DESTINATION).await, 0);
     sender.stop().await;
     p.cleanup().await;
 }
@@ -280,7 +310,7 @@ async fn a_panicking_adapter_does_not_lose_the_batch_or_stop_the_sender() {
     let p = Pipeline::new().await;
     let id = p.publish(&recent_lead("L-panic")).await;
     // Panics on its first batch, then accepts everything.
-    let adapter = FnAdapter::new(Destination::Crm, |call, n| {
+    let adapter = FnAdapter::new(leadpipe_crm_writer::DESTINATION, |call, n| {
         assert!(call > 0, "adapter bug on the first batch");
         vec![
             Outcome::Sent {
@@ -301,7 +331,7 @@ async fn a_panicking_adapter_does_not_lose_the_batch_or_stop_the_sender() {
 
     // Act + Assert: the batch comes back after the panic and is delivered.
     let sent = eventually(WAIT, || async {
-        p.row_in(Destination::Crm, &id)
+        p.row_in(leadpipe_crm_writer::DESTINATION, &id)
             .await
             .is_some_and(|r| r.0 == "sent")
     })

@@ -7,17 +7,21 @@ use lapin::BasicProperties;
 use lapin::options::{BasicConsumeOptions, BasicNackOptions, BasicPublishOptions};
 use lapin::types::FieldTable;
 
+use leadpipe_bus::Names;
 use leadpipe_bus::topology::{self, TopologySettings};
-use leadpipe_bus::{Destination, Names};
 use leadpipe_tests::{Broker, unique_namespace};
 
 const WAIT: Duration = Duration::from_secs(20);
 
 async fn declared() -> Broker {
     let broker = Broker::connect(Names::new(unique_namespace("t"))).await;
-    topology::declare(&broker.channel, &broker.names, TopologySettings::default())
-        .await
-        .unwrap();
+    topology::declare(
+        &broker.channel,
+        &broker.names,
+        &leadpipe_tests::all_topology(),
+    )
+    .await
+    .unwrap();
     broker
 }
 
@@ -42,9 +46,13 @@ async fn declaring_twice_is_harmless_and_keeps_messages() {
     publish(&broker, &broker.names.events_exchange(), "lead.site", "m1").await;
 
     // Act
-    topology::declare(&broker.channel, &broker.names, TopologySettings::default())
-        .await
-        .unwrap();
+    topology::declare(
+        &broker.channel,
+        &broker.names,
+        &leadpipe_tests::all_topology(),
+    )
+    .await
+    .unwrap();
 
     // Assert
     for q in broker.work_queues() {
@@ -82,7 +90,7 @@ async fn a_message_rejected_by_a_sender_is_dead_lettered_to_its_destinations_dlq
     // Arrange
     let broker = declared().await;
     publish(&broker, &broker.names.events_exchange(), "lead.a", "poison").await;
-    let meta = broker.names.work_queue(Destination::Meta);
+    let meta = broker.names.work_queue(leadpipe_meta_sender::DESTINATION);
     let mut consumer = broker
         .channel
         .basic_consume(
@@ -109,14 +117,20 @@ async fn a_message_rejected_by_a_sender_is_dead_lettered_to_its_destinations_dlq
         .unwrap();
 
     // Assert: only the meta DLQ holds it.
-    let dlq = broker.names.dead_letter_queue(Destination::Meta);
+    let dlq = broker
+        .names
+        .dead_letter_queue(leadpipe_meta_sender::DESTINATION);
     assert_eq!(
         broker.take(&dlq, 1, WAIT).await[0].message_id().as_deref(),
         Some("poison")
     );
     assert_eq!(
         broker
-            .depth(&broker.names.dead_letter_queue(Destination::Ga4))
+            .depth(
+                &broker
+                    .names
+                    .dead_letter_queue(leadpipe_ga4_sender::DESTINATION)
+            )
             .await,
         0
     );
@@ -127,20 +141,20 @@ async fn a_message_rejected_by_a_sender_is_dead_lettered_to_its_destinations_dlq
 async fn a_retry_waits_in_its_delay_tier_then_returns_to_its_own_work_queue_only() {
     // Arrange
     let broker = declared().await;
-    let key = Names::delay_routing_key(Duration::from_secs(1), Destination::Crm);
+    let key = Names::delay_routing_key(Duration::from_secs(1), leadpipe_crm_writer::DESTINATION);
 
     // Act
     publish(&broker, &broker.names.delay_exchange(), &key, "retry-1").await;
 
     // Assert
-    let crm = broker.names.work_queue(Destination::Crm);
+    let crm = broker.names.work_queue(leadpipe_crm_writer::DESTINATION);
     assert_eq!(
         broker.take(&crm, 1, WAIT).await[0].message_id().as_deref(),
         Some("retry-1")
     );
     assert_eq!(
         broker
-            .depth(&broker.names.work_queue(Destination::Meta))
+            .depth(&broker.names.work_queue(leadpipe_meta_sender::DESTINATION))
             .await,
         0
     );
@@ -155,7 +169,10 @@ async fn a_queue_that_exists_with_other_arguments_is_reported_by_name() {
     broker
         .channel
         .queue_declare(
-            names.work_queue(Destination::Meta).as_str().into(),
+            names
+                .work_queue(leadpipe_meta_sender::DESTINATION)
+                .as_str()
+                .into(),
             lapin::options::QueueDeclareOptions {
                 durable: true,
                 ..Default::default()
@@ -166,13 +183,16 @@ async fn a_queue_that_exists_with_other_arguments_is_reported_by_name() {
         .unwrap();
 
     // Act
-    let err = topology::declare(&broker.channel, &names, TopologySettings::default())
+    let err = topology::declare(&broker.channel, &names, &leadpipe_tests::all_topology())
         .await
         .unwrap_err()
         .to_string();
 
     // Assert
-    assert!(err.contains(&names.work_queue(Destination::Meta)), "{err}");
+    assert!(
+        err.contains(&names.work_queue(leadpipe_meta_sender::DESTINATION)),
+        "{err}"
+    );
     assert!(err.contains("LEADPIPE_NAMESPACE"), "{err}");
     let cleanup = Broker::connect(names).await;
     cleanup.delete().await;
@@ -186,7 +206,10 @@ async fn a_message_that_keeps_crashing_its_consumer_is_parked_in_the_dlq_by_the_
     topology::declare(
         &broker.channel,
         &broker.names,
-        TopologySettings { delivery_limit: 2 },
+        &TopologySettings {
+            delivery_limit: 2,
+            ..leadpipe_tests::all_topology()
+        },
     )
     .await
     .unwrap();
@@ -197,11 +220,13 @@ async fn a_message_that_keeps_crashing_its_consumer_is_parked_in_the_dlq_by_the_
         "crasher",
     )
     .await;
-    let meta = broker.names.work_queue(Destination::Meta);
+    let meta = broker.names.work_queue(leadpipe_meta_sender::DESTINATION);
 
     // Act: deliver and crash until the broker parks it (a crash returns the message
     // asynchronously, so each round waits for the next delivery rather than a depth).
-    let dlq = broker.names.dead_letter_queue(Destination::Meta);
+    let dlq = broker
+        .names
+        .dead_letter_queue(leadpipe_meta_sender::DESTINATION);
     let mut deliveries = 0;
     for _ in 0..6 {
         let crashing = leadpipe_bus::connect(&leadpipe_tests::amqp_url(), "crash")

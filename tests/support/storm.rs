@@ -1,72 +1,10 @@
-//! Destination storms the fakes share: every `n`-th request to a destination's data endpoint
-//! is struck — 503, 429 with `Retry-After`, or no answer until the caller gives up. A struck
-//! request is never processed, so what the fake keeps is what the destination would keep.
+//! Destination storms the fakes share (re-exported from `leadpipe_consumer::testing`, where
+//! the fakes in the destinations' own folders find them too) and a TCP hop that resets
+//! connections.
 
 use std::time::Duration;
 
-/// What a struck request gets.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Strike {
-    /// `503 Service Unavailable`.
-    Unavailable,
-    /// `429 Too Many Requests` with `Retry-After: <secs>`.
-    RateLimited {
-        /// The `Retry-After` value, in seconds.
-        retry_after_secs: u64,
-    },
-    /// No answer for this long (a caller's timeout fires first), then 503.
-    Hang(Duration),
-}
-
-/// A fake's storm setting and its request counter.
-#[derive(Debug, Default)]
-pub struct Storm {
-    every: u32,
-    count: u32,
-    strike: Option<Strike>,
-}
-
-impl Storm {
-    /// Strikes every `every`-th request (0: calm) with `strike`.
-    pub fn set(&mut self, every: u32, strike: Strike) {
-        self.every = every;
-        self.strike = Some(strike);
-    }
-
-    /// Counts a request; whether it is struck, and how.
-    pub fn count(&mut self) -> Option<Strike> {
-        if self.every == 0 {
-            return None;
-        }
-        self.count += 1;
-        if self.count.is_multiple_of(self.every) {
-            self.strike
-        } else {
-            None
-        }
-    }
-}
-
-/// Lives through `strike` (a hang sleeps) and returns the status and `Retry-After` (seconds)
-/// to answer with.
-pub async fn endure(strike: Strike) -> (u16, Option<u64>) {
-    match strike {
-        Strike::Unavailable => (503, None),
-        Strike::RateLimited { retry_after_secs } => (429, Some(retry_after_secs)),
-        Strike::Hang(d) => {
-            tokio::time::sleep(d).await;
-            (503, None)
-        }
-    }
-}
-
-/// [`endure`] of the struck request, if it is.
-pub async fn weather(strike: Option<Strike>) -> Option<(u16, Option<u64>)> {
-    match strike {
-        Some(s) => Some(endure(s).await),
-        None => None,
-    }
-}
+pub use leadpipe_consumer::testing::{Storm, Strike, endure, weather};
 
 /// A TCP hop in front of a fake that resets connections: every `every`-th new connection is
 /// reset (RST) as soon as its first request bytes arrive, which never reach the fake. Every

@@ -19,6 +19,8 @@ use serde_json::{Value, json};
 
 use leadpipe_bus::Destination;
 
+use leadpipe_consumer::testing::AdConsent;
+
 use crate::fake_google::CLICK_NOT_FOUND;
 use crate::fake_meta::REJECTED_EMAIL;
 use crate::{Pipeline, TEST_SOURCE, eventually, signed};
@@ -98,20 +100,9 @@ fn refund_of(won: &Value, i: usize) -> Value {
 
 /// Whether the shipped mapping routes `name` to `destination`.
 pub fn routed(name: &str, destination: Destination) -> bool {
-    match destination {
-        Destination::Meta => [
-            "lead",
-            "contact",
-            "schedule",
-            "sign_up",
-            "start_trial",
-            "won",
-        ]
-        .contains(&name),
-        Destination::Ga4 => ["lead", "sign_up", "mql", "sql", "won", "refund"].contains(&name),
-        Destination::GoogleAds => ["won", "refund"].contains(&name),
-        Destination::Crm => true,
-    }
+    crate::shipped_mapping()
+        .sections(destination.as_str())
+        .any(|(n, _)| n == name)
 }
 
 /// A generated stream, in the batches it is posted in: everything else first (duplicates and
@@ -168,6 +159,8 @@ pub struct Driver {
     http: reqwest::Client,
     /// Accepted events: event_id → (event name, kind).
     pub accepted: HashMap<String, (String, Kind)>,
+    /// Accepted events as posted: event_id → event.
+    pub events: HashMap<String, Value>,
     /// Events ingest refused (422 items).
     pub refused: usize,
     /// Answers that asked to post again (503, 429) or connections refused.
@@ -193,6 +186,7 @@ impl Driver {
                 .build()
                 .unwrap(),
             accepted: HashMap::new(),
+            events: HashMap::new(),
             refused: 0,
             unavailable: 0,
         }
@@ -222,8 +216,11 @@ impl Driver {
             let (e, kind) = &batch[r["index"].as_u64().unwrap() as usize];
             if r["status"] == "accepted" {
                 let id = r["event_id"].as_str().unwrap().to_owned();
-                self.accepted
-                    .insert(id, (e["event_name"].as_str().unwrap().to_owned(), *kind));
+                self.accepted.insert(
+                    id.clone(),
+                    (e["event_name"].as_str().unwrap().to_owned(), *kind),
+                );
+                self.events.insert(id, e.clone());
             } else {
                 self.refused += 1;
             }
@@ -254,25 +251,6 @@ pub enum Repeats {
     SameIdAfterCrash,
 }
 
-/// What the destination kept, by its dedupe key (event ids; transaction id and value for
-/// Google), with how many times.
-fn kept(p: &Pipeline, d: Destination) -> HashMap<String, usize> {
-    let mut counts = HashMap::new();
-    match d {
-        Destination::Meta => return p.meta.accepted(),
-        Destination::Ga4 => return p.ga4.collected_counts(),
-        Destination::Crm => return p.crm.written(),
-        Destination::GoogleAds => {
-            for (_, e) in p.google.accepted_events() {
-                *counts
-                    .entry(format!("{}/{}", e["transactionId"], e["conversionValue"]))
-                    .or_default() += 1;
-            }
-        }
-    }
-    counts
-}
-
 /// Waits (up to `wait`) until every accepted event is decided at every destination, then
 /// asserts everything the module promises. Returns the number of delivery rows.
 pub async fn check(
@@ -297,7 +275,7 @@ pub async fn check(
         .unwrap();
         c as usize
     };
-    let want = accepted.len() * Destination::ALL.len();
+    let want = accepted.len() * leadpipe_registry::REGISTRY.destinations().len();
     assert!(
         eventually(wait, || async { decided().await == want }).await,
         "decided {} of {want}",
@@ -312,29 +290,29 @@ pub async fn check(
             .unwrap();
     let status: HashMap<(String, String), String> =
         rows.into_iter().map(|(d, id, s)| ((d, id), s)).collect();
-    let expect = |d: Destination, name: &str, kind: Kind| -> &'static str {
+    let events = &driver.events;
+    let expect = |d: Destination, id: &String, name: &str, kind: Kind| -> &'static str {
+        let fake = p.fake(d);
         // Ad destinations decide consent before anything else.
-        let ad = matches!(d, Destination::Meta | Destination::GoogleAds);
-        if ad && kind == Kind::ConsentDenied {
+        if fake.ad_consent() == AdConsent::Blocks && kind == Kind::ConsentDenied {
             return "blocked_consent";
         }
         if !routed(name, d) {
             return "skipped_unmapped";
         }
-        match (d, kind) {
-            (Destination::Meta, Kind::MetaRejects) => "dead_lettered",
-            (Destination::GoogleAds, Kind::GoogleRejects) => "dead_lettered",
-            _ => "sent",
+        if events.get(id).is_some_and(|e| fake.refuses(e)) {
+            return "dead_lettered";
         }
+        "sent"
     };
     let mut dead: HashMap<Destination, HashSet<String>> = HashMap::new();
     let mut sent: HashMap<Destination, usize> = HashMap::new();
     for (id, (name, kind)) in accepted {
-        for d in Destination::ALL {
+        for d in leadpipe_registry::REGISTRY.destinations() {
             let got = status
                 .get(&(d.as_str().to_owned(), id.clone()))
                 .map(String::as_str);
-            let want = expect(d, name, *kind);
+            let want = expect(d, id, name, *kind);
             assert_eq!(got, Some(want), "{} {name} {kind:?} {id}", d.as_str());
             match want {
                 "dead_lettered" => {
@@ -347,25 +325,15 @@ pub async fn check(
     }
 
     // The destinations' own records: each sent event kept, once (or again under its key).
-    let meta_sent: HashSet<String> = accepted
-        .iter()
-        .filter(|(_, (name, kind))| expect(Destination::Meta, name, *kind) == "sent")
-        .map(|(id, _)| id.clone())
-        .collect();
-    let ga4_sent: HashSet<String> = accepted
-        .iter()
-        .filter(|(_, (name, _))| routed(name, Destination::Ga4))
-        .map(|(id, _)| id.clone())
-        .collect();
-    let all: HashSet<String> = accepted.keys().cloned().collect();
-    for (d, expected) in [
-        (Destination::Meta, Some(meta_sent)),
-        (Destination::Ga4, Some(ga4_sent)),
-        (Destination::Crm, Some(all)),
-        (Destination::GoogleAds, None),
-    ] {
-        let kept = kept(p, d);
-        if let Some(expected) = expected {
+    for fake in &p.fakes {
+        let d = fake.destination();
+        let kept = fake.kept();
+        if fake.kept_by_event_id() {
+            let expected: HashSet<String> = accepted
+                .iter()
+                .filter(|(id, (name, kind))| expect(d, id, name, *kind) == "sent")
+                .map(|(id, _)| id.clone())
+                .collect();
             let keys: HashSet<String> = kept.keys().cloned().collect();
             let lost: Vec<&String> = expected.difference(&keys).take(5).collect();
             let extra: Vec<&String> = keys.difference(&expected).take(5).collect();
@@ -391,7 +359,7 @@ pub async fn check(
     // Only the refused events are in the DLQs, each with a reason (read through a connection
     // of its own: the pipeline's may have died with a broker restart).
     let broker = crate::Broker::connect(p.names.clone()).await;
-    for d in Destination::ALL {
+    for d in leadpipe_registry::REGISTRY.destinations() {
         let expected = dead.remove(&d).unwrap_or_default();
         let queue = p.names.dead_letter_queue(d);
         let got: HashSet<String> = broker
@@ -409,54 +377,32 @@ pub async fn check(
         assert_eq!(got, expected, "{}", d.as_str());
     }
 
-    // No consent-denied event and no unhashed PII at an ad destination.
+    // No consent-denied event with matching keys and no unhashed PII at an ad destination.
     let denied: HashSet<&String> = accepted
         .iter()
         .filter(|(_, (_, k))| *k == Kind::ConsentDenied)
         .map(|(id, _)| id)
         .collect();
-    assert!(
-        p.meta
-            .event_ids_seen()
-            .iter()
-            .all(|id| !denied.contains(id))
-    );
-    for (body, event) in p.ga4.collected() {
-        if denied.contains(
-            &event["params"]["event_id"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned(),
-        ) {
+    for fake in p
+        .fakes
+        .iter()
+        .filter(|f| f.ad_consent() != AdConsent::NotGated)
+    {
+        let d = fake.destination();
+        assert!(
+            fake.event_ids_with_user_data()
+                .iter()
+                .all(|id| !denied.contains(id)),
+            "{}: matching keys of a consent-denied event",
+            d.as_str()
+        );
+        for body in fake.bodies() {
             assert!(
-                body.get("user_data").is_none(),
-                "user_data of a consent-denied event"
+                !body.contains("@example.com") && !body.contains("650 555"),
+                "{}: unhashed PII: {body}",
+                d.as_str()
             );
         }
-    }
-    let ad_traffic = [
-        p.meta
-            .requests()
-            .iter()
-            .map(|r| r.body.to_string())
-            .collect::<Vec<_>>(),
-        p.ga4
-            .requests()
-            .iter()
-            .map(|r| r.body.to_string())
-            .collect(),
-        p.google
-            .ingests()
-            .iter()
-            .map(|r| r.body.to_string())
-            .collect(),
-    ]
-    .concat();
-    for body in &ad_traffic {
-        assert!(
-            !body.contains("@example.com") && !body.contains("650 555"),
-            "unhashed PII: {body}"
-        );
     }
     want
 }
@@ -500,7 +446,7 @@ impl Processes {
             .collect();
         let mut senders = Vec::new();
         for _ in 0..replicas {
-            for d in Destination::ALL {
+            for d in leadpipe_registry::REGISTRY.destinations() {
                 senders.push((d, p.spawn_destination_binary_with(d, &env)));
             }
         }
@@ -519,10 +465,7 @@ impl Processes {
 
     /// Requests the fakes have seen so far, all destinations together.
     pub fn requests_seen(&self) -> usize {
-        self.p.meta.requests().len()
-            + self.p.ga4.requests().len()
-            + self.p.google.ingests().len()
-            + self.p.crm.deliveries().len()
+        self.p.fakes.iter().map(|f| f.requests_seen()).sum()
     }
 
     /// SIGKILLs the sender processes at `indexes` (in start order) and waits for them.

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 
-use leadpipe_bus::Destination;
 use leadpipe_config::mapping::MappingConfig;
 use leadpipe_config::{ConfigError, env};
 use leadpipe_consumer::RuntimeSettings;
@@ -111,7 +110,7 @@ fn is_readable(path: &str) -> bool {
 
 /// Reads `[crm]`: the field map and the id property, naming any bad key.
 pub fn crm_fields(cfg: &MappingConfig) -> Result<(Vec<CrmField>, String), ConfigError> {
-    let Some(crm) = &cfg.crm else {
+    let Some(crm) = cfg.destination_table("crm")? else {
         return Ok((default_fields(), DEFAULT_ID_PROPERTY.to_owned()));
     };
     for k in crm.keys() {
@@ -206,8 +205,7 @@ fn default_fields() -> Vec<CrmField> {
 /// Reads the `crm` sections of the events, naming any bad key.
 pub fn crm_mappings(cfg: &MappingConfig) -> Result<HashMap<String, CrmMapping>, ConfigError> {
     let mut out = HashMap::new();
-    for (name, mapping) in &cfg.events {
-        let Some(t) = &mapping.crm else { continue };
+    for (name, t) in cfg.sections("crm") {
         for k in t.keys() {
             if k != "lifecycle_stage" {
                 return Err(ConfigError::invalid(
@@ -226,7 +224,7 @@ pub fn crm_mappings(cfg: &MappingConfig) -> Result<HashMap<String, CrmMapping>, 
                 ));
             }
         };
-        out.insert(name.clone(), CrmMapping { lifecycle_stage });
+        out.insert(name.to_owned(), CrmMapping { lifecycle_stage });
     }
     Ok(out)
 }
@@ -263,7 +261,7 @@ impl Settings {
             crate::webhook::signing_key(secret)
                 .map_err(|why| ConfigError::invalid("CRM_WEBHOOK_SECRET", why))?;
         }
-        let runtime = RuntimeSettings::from_env(Destination::Crm)?;
+        let runtime = RuntimeSettings::from_env(&crate::REGISTRATION)?;
         let settings = Self {
             dry_run: runtime.dry_run,
             runtime,

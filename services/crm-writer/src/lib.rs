@@ -11,6 +11,8 @@
 #![forbid(unsafe_code)]
 
 pub mod cfg;
+#[cfg(feature = "fake")]
+pub mod fake;
 pub mod hubspot;
 pub mod payload;
 pub mod webhook;
@@ -19,13 +21,38 @@ use futures::StreamExt;
 use serde_json::Value;
 
 use leadpipe_bus::Destination;
-use leadpipe_consumer::{Adapter, Failure, Item, Outcome, Prepared};
+use leadpipe_consumer::{Adapter, Failure, Item, Outcome, Prepared, Registration};
 use leadpipe_events::Envelope;
 
 use crate::cfg::{CrmKind, HUBSPOT_MAX_BATCH, Settings};
 use crate::hubspot::HubSpotClient;
 use crate::payload::CrmRecord;
 use crate::webhook::WebhookClient;
+
+/// The destination's name in queue names, metrics labels and the delivery log.
+pub const DESTINATION: Destination = Destination::new("crm");
+
+/// What leadpipe knows about this destination (`leadpipe-registry` lists it).
+pub static REGISTRATION: Registration = Registration {
+    destination: DESTINATION,
+    aliases: &[],
+    service: "crm-writer",
+    title: "the CRM (HubSpot, or a signed webhook)",
+    metrics_port: 9104,
+    acceptance_window: |_| None,
+    check_mapping: |cfg| {
+        cfg::crm_fields(cfg)
+            .and_then(|_| cfg::crm_mappings(cfg))
+            .map(|_| ())
+    },
+    missing_credentials: || {
+        if leadpipe_config::env::optional("CRM_KIND").as_deref() == Some("hubspot") {
+            leadpipe_config::error::missing_from_env(&["HUBSPOT_ACCESS_TOKEN"])
+        } else {
+            leadpipe_config::error::missing_from_env(&["CRM_WEBHOOK_URL", "CRM_WEBHOOK_SECRET"])
+        }
+    },
+};
 
 /// Webhook posts under way at once for one batch.
 pub const WEBHOOK_CONCURRENCY: usize = 16;
@@ -115,7 +142,7 @@ impl Adapter for CrmAdapter {
     type Prepared = CrmRecord;
 
     fn destination(&self) -> Destination {
-        Destination::Crm
+        DESTINATION
     }
 
     fn max_batch(&self) -> usize {

@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 
-use leadpipe_bus::Destination;
 pub use leadpipe_config::consent::ConsentPolicy;
 use leadpipe_config::mapping::MappingConfig;
 use leadpipe_config::{ConfigError, env};
@@ -147,8 +146,7 @@ pub struct Settings {
 /// Reads the `ga4` sections of the mapping config, naming any bad key or name.
 pub fn ga4_mappings(cfg: &MappingConfig) -> Result<HashMap<String, Ga4Mapping>, ConfigError> {
     let mut out = HashMap::new();
-    for (name, mapping) in &cfg.events {
-        let Some(t) = &mapping.ga4 else { continue };
+    for (name, t) in cfg.sections("ga4") {
         let key = |k: &str| format!("events.{name}.ga4.{k}");
         for k in t.keys() {
             if !["event_name", "params"].contains(&k.as_str()) {
@@ -208,7 +206,7 @@ pub fn ga4_mappings(cfg: &MappingConfig) -> Result<HashMap<String, Ga4Mapping>, 
                 ),
             ));
         }
-        out.insert(name.clone(), Ga4Mapping { event_name, params });
+        out.insert(name.to_owned(), Ga4Mapping { event_name, params });
     }
     Ok(out)
 }
@@ -262,7 +260,7 @@ impl Settings {
             ));
         }
         let api_secret = env::optional("GA4_API_SECRET").map(SecretString::from);
-        let runtime = RuntimeSettings::from_env(Destination::Ga4)?;
+        let runtime = RuntimeSettings::from_env(&crate::REGISTRATION)?;
         let dry_run = runtime.dry_run;
         let concurrent_requests = env::parse_or(
             "GA4_CONCURRENT_REQUESTS",

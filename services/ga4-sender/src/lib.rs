@@ -15,6 +15,8 @@
 
 pub mod cfg;
 pub mod client;
+#[cfg(feature = "fake")]
+pub mod fake;
 pub mod payload;
 
 use std::collections::HashMap;
@@ -22,12 +24,29 @@ use std::collections::HashMap;
 use futures::StreamExt;
 
 use leadpipe_bus::Destination;
-use leadpipe_consumer::{Adapter, Failure, Item, Outcome, Prepared};
+use leadpipe_consumer::{Adapter, Failure, Item, Outcome, Prepared, Registration};
 use leadpipe_events::Envelope;
 
 use crate::cfg::{MAX_EVENTS_PER_REQUEST, Settings};
 use crate::client::{Ga4Client, ValidationMessage};
 use crate::payload::{Ga4Event, Skip};
+
+/// The destination's name in queue names, metrics labels and the delivery log.
+pub const DESTINATION: Destination = Destination::new("ga4");
+
+/// What leadpipe knows about this destination (`leadpipe-registry` lists it).
+pub static REGISTRATION: Registration = Registration {
+    destination: DESTINATION,
+    aliases: &[],
+    service: "ga4-sender",
+    title: "GA4 Measurement Protocol",
+    metrics_port: 9102,
+    acceptance_window: |_| Some(payload::MAX_AGE),
+    check_mapping: |cfg| cfg::ga4_mappings(cfg).map(|_| ()),
+    missing_credentials: || {
+        leadpipe_config::error::missing_from_env(&["GA4_MEASUREMENT_ID", "GA4_API_SECRET"])
+    },
+};
 
 /// Largest request body built, in bytes: GA4 refuses bodies of 130 kB or more.
 pub const MAX_BODY_BYTES: usize = 120_000;
@@ -171,7 +190,7 @@ impl Adapter for Ga4Adapter {
     type Prepared = Ga4Event;
 
     fn destination(&self) -> Destination {
-        Destination::Ga4
+        DESTINATION
     }
 
     fn max_batch(&self) -> usize {

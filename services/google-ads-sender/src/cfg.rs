@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 
-use leadpipe_bus::Destination;
 pub use leadpipe_config::consent::ConsentPolicy;
 use leadpipe_config::mapping::MappingConfig;
 use leadpipe_config::{ConfigError, env};
@@ -120,10 +119,7 @@ pub fn google_ads_mappings(
     default_action: Option<&str>,
 ) -> Result<HashMap<String, GoogleAdsMapping>, ConfigError> {
     let mut out = HashMap::new();
-    for (name, mapping) in &cfg.events {
-        let Some(t) = &mapping.google_ads else {
-            continue;
-        };
+    for (name, t) in cfg.sections("google_ads") {
         let key = |k: &str| format!("events.{name}.google_ads.{k}");
         for k in t.keys() {
             if !["kind", "conversion_action_id", "event_source"].contains(&k.as_str()) {
@@ -179,7 +175,7 @@ pub fn google_ads_mappings(
             ));
         }
         out.insert(
-            name.clone(),
+            name.to_owned(),
             GoogleAdsMapping {
                 kind,
                 conversion_action_id,
@@ -215,7 +211,7 @@ impl Settings {
         let client_id = env::optional("GOOGLE_ADS_CLIENT_ID");
         let client_secret = env::optional("GOOGLE_ADS_CLIENT_SECRET").map(SecretString::from);
         let refresh_token = env::optional("GOOGLE_ADS_REFRESH_TOKEN").map(SecretString::from);
-        let runtime = RuntimeSettings::from_env(Destination::GoogleAds)?;
+        let runtime = RuntimeSettings::from_env(&crate::REGISTRATION)?;
         let settings = Self {
             dry_run: runtime.dry_run,
             runtime,

@@ -16,6 +16,8 @@
 
 pub mod cfg;
 pub mod client;
+#[cfg(feature = "fake")]
+pub mod fake;
 pub mod oauth;
 pub mod payload;
 
@@ -26,12 +28,35 @@ use serde_json::Value;
 
 use leadpipe_bus::Destination;
 use leadpipe_consumer::adapter::{Awaiting, Verdict};
-use leadpipe_consumer::{Adapter, Failure, Item, Outcome, Prepared};
+use leadpipe_consumer::{Adapter, Failure, Item, Outcome, Prepared, Registration};
 use leadpipe_events::Envelope;
 
 use crate::cfg::{MAX_EVENTS_PER_REQUEST, Settings};
 use crate::client::{GoogleClient, IngestResult, Upload};
 use crate::payload::{Context, GoogleEvent, Skip};
+
+/// The destination's name in queue names, metrics labels and the delivery log.
+pub const DESTINATION: Destination = Destination::new("google_ads");
+
+/// What leadpipe knows about this destination (`leadpipe-registry` lists it).
+pub static REGISTRATION: Registration = Registration {
+    destination: DESTINATION,
+    aliases: &["google-ads"],
+    service: "google-ads-sender",
+    title: "Google Ads",
+    metrics_port: 9103,
+    acceptance_window: payload::acceptance_window,
+    check_mapping: |cfg| cfg::google_ads_mappings(cfg, None).map(|_| ()),
+    missing_credentials: || {
+        leadpipe_config::error::missing_from_env(&[
+            "GOOGLE_ADS_CUSTOMER_ID",
+            "GOOGLE_ADS_CLIENT_ID",
+            "GOOGLE_ADS_CLIENT_SECRET",
+            "GOOGLE_ADS_REFRESH_TOKEN",
+            "GOOGLE_ADS_CONVERSION_ACTION_ID",
+        ])
+    },
+};
 
 /// Events of one request family and conversion action: ((family, action id), members by
 /// their position in the batch).
@@ -115,7 +140,7 @@ impl Adapter for GoogleAdsAdapter {
     type Prepared = GoogleEvent;
 
     fn destination(&self) -> Destination {
-        Destination::GoogleAds
+        DESTINATION
     }
 
     fn max_batch(&self) -> usize {

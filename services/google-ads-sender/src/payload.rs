@@ -15,6 +15,21 @@ pub const MAX_CONVERSION_AGE: chrono::Duration = chrono::Duration::days(90);
 /// Google Ads accepts adjustments of conversions up to 54 days old.
 pub const MAX_ADJUSTMENT_AGE: chrono::Duration = chrono::Duration::days(54);
 
+/// How old an event Google Ads still takes: a full refund's retraction ages by the adjustment
+/// window, anything else by the conversion window.
+pub fn acceptance_window(env: &leadpipe_events::Envelope) -> Option<chrono::Duration> {
+    let full_refund = env
+        .event
+        .refund
+        .as_ref()
+        .is_some_and(|r| r.kind == Some(RefundKind::Full));
+    Some(if full_refund {
+        MAX_ADJUSTMENT_AGE
+    } else {
+        MAX_CONVERSION_AGE
+    })
+}
+
 /// One event ready for a request.
 #[derive(Debug, Clone, PartialEq)]
 pub enum GoogleEvent {

@@ -5,9 +5,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use leadpipe_bus::Destination;
 use leadpipe_config::mapping::MappingConfig;
 use leadpipe_config::sources::{self, DEFAULT_SOURCES_PATH, Source};
 use leadpipe_config::{AmqpSettings, ConfigError, env};
+use leadpipe_registry::REGISTRY;
 
 /// Default `INGEST_ADDR`.
 pub const DEFAULT_ADDR: &str = "0.0.0.0:8080";
@@ -36,6 +38,9 @@ pub struct Settings {
     pub confirm_timeout: Duration,
     /// `INGEST_PUBLISH_CHANNELS`: confirm-mode channels publishes are spread over.
     pub publish_channels: usize,
+    /// `LEADPIPE_DESTINATIONS`: the destinations whose queues ingest declares and so
+    /// publishes to (default: every registered one).
+    pub destinations: Vec<Destination>,
 }
 
 impl Settings {
@@ -49,6 +54,14 @@ impl Settings {
         let sources_path = PathBuf::from(env::string_or("LEADPIPE_SOURCES", DEFAULT_SOURCES_PATH));
         let sources = sources::load(&sources_path, |name| std::env::var(name).ok())?;
         let mapping = MappingConfig::from_env()?;
+        // Every destination's mapping is checked here, so a bad key stops ingest at start-up
+        // rather than a sender after events were accepted.
+        REGISTRY.check_mapping(&mapping)?;
+        let destinations = REGISTRY
+            .enabled_from_env()?
+            .iter()
+            .map(|r| r.destination)
+            .collect();
         let max_body_bytes = env::parse_or(
             "INGEST_MAX_BODY_BYTES",
             DEFAULT_MAX_BODY_BYTES,
@@ -82,6 +95,7 @@ impl Settings {
         Ok(Self {
             addr,
             publish_channels,
+            destinations,
             amqp: AmqpSettings::from_env()?,
             sources,
             custom_events: mapping.custom_event_names().map(str::to_owned).collect(),

@@ -31,6 +31,7 @@ use axum::routing::{get, post};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use leadpipe_bus::topology::TopologySettings;
 use leadpipe_bus::{Names, Publisher, PublisherSettings};
 
 pub use cfg::Settings;
@@ -49,7 +50,18 @@ impl Application {
         let listener = TcpListener::bind(settings.addr)
             .await
             .with_context(|| format!("cannot listen on INGEST_ADDR {}", settings.addr))?;
-        let mut publisher_settings = PublisherSettings::new(settings.amqp.url.clone(), "ingest");
+        let names: Vec<&str> = settings.destinations.iter().map(|d| d.as_str()).collect();
+        tracing::info!(
+            destinations = %names.join(","),
+            "publishing to {} destination(s): {} (LEADPIPE_DESTINATIONS)",
+            names.len(),
+            names.join(", ")
+        );
+        let mut publisher_settings = PublisherSettings::new(
+            settings.amqp.url.clone(),
+            "ingest",
+            TopologySettings::for_destinations(settings.destinations.iter().copied()),
+        );
         publisher_settings.confirm_timeout = settings.confirm_timeout;
         publisher_settings.channels = settings.publish_channels;
         let publisher = Publisher::start(

@@ -24,6 +24,7 @@ use leadpipe_bus::publisher::string_headers;
 use leadpipe_bus::{Destination, Names, OutgoingMessage, Publisher, PublisherSettings, headers};
 use leadpipe_config::{AmqpSettings, DatabaseSettings};
 use leadpipe_events::Envelope;
+use leadpipe_registry::REGISTRY;
 
 fn header(d: &Delivery, name: &str) -> Option<String> {
     match d.properties.headers().as_ref()?.inner().get(name)? {
@@ -43,9 +44,10 @@ fn message_id(d: &Delivery) -> String {
 
 /// Parses a destination argument, naming the valid ones.
 pub(crate) fn destination(s: &str) -> anyhow::Result<Destination> {
-    Destination::parse(s).ok_or_else(|| {
-        anyhow::anyhow!("unknown destination {s:?}: use meta, ga4, google_ads or crm")
-    })
+    REGISTRY
+        .parse(s)
+        .map(|r| r.destination)
+        .ok_or_else(|| anyhow::anyhow!("unknown destination {s:?}: use {}", REGISTRY.names()))
 }
 
 /// Reads up to the queue's current depth of messages; the caller acks or drops the channel.
@@ -114,7 +116,11 @@ async fn cli_publisher(
     stop: &CancellationToken,
 ) -> anyhow::Result<Publisher> {
     let publisher = Publisher::start(
-        PublisherSettings::new(amqp.url.clone(), "leadpipe-cli"),
+        PublisherSettings::new(
+            amqp.url.clone(),
+            "leadpipe-cli",
+            leadpipe_registry::enabled_topology()?,
+        ),
         names.clone(),
         stop.clone(),
     );
@@ -136,7 +142,7 @@ pub(crate) async fn stats() -> anyhow::Result<ExitCode> {
         "{:<11} {:<28} {:>8}",
         "destination", "error code", "messages"
     );
-    for d in Destination::ALL {
+    for d in leadpipe_registry::enabled()?.iter().map(|r| r.destination) {
         let channel = conn.create_channel().await?;
         let messages = read_all(&channel, &names.dead_letter_queue(d)).await?;
         let mut counts: BTreeMap<String, usize> = BTreeMap::new();
@@ -212,23 +218,7 @@ pub(crate) fn since(s: &str) -> anyhow::Result<DateTime<Utc>> {
 
 /// How old an event the destination still takes, for this event (`None`: any age).
 fn max_age(dest: Destination, env: &Envelope) -> Option<chrono::Duration> {
-    match dest {
-        Destination::Meta => Some(leadpipe_meta_sender::payload::MAX_AGE),
-        Destination::Ga4 => Some(leadpipe_ga4_sender::payload::MAX_AGE),
-        Destination::GoogleAds => Some(
-            if env
-                .event
-                .refund
-                .as_ref()
-                .is_some_and(|r| r.kind == Some(leadpipe_events::model::RefundKind::Full))
-            {
-                leadpipe_google_ads_sender::payload::MAX_ADJUSTMENT_AGE
-            } else {
-                leadpipe_google_ads_sender::payload::MAX_CONVERSION_AGE
-            },
-        ),
-        Destination::Crm => None,
-    }
+    REGISTRY.get(dest).and_then(|r| (r.acceptance_window)(env))
 }
 
 /// Why a chosen message stays in the DLQ instead of being replayed: the destination would

@@ -20,8 +20,9 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use leadpipe_bus::Names;
-use leadpipe_bus::topology::{self, TopologySettings};
+use leadpipe_bus::topology;
 use leadpipe_config::{AmqpSettings, DatabaseSettings};
+use leadpipe_registry::REGISTRY;
 
 #[derive(Parser)]
 #[command(name = "leadpipe", version, about = "Operate a leadpipe installation")]
@@ -46,6 +47,9 @@ enum Command {
         #[command(subcommand)]
         action: DlqAction,
     },
+    /// The enabled destinations (LEADPIPE_DESTINATIONS), one per line: name, service, metrics
+    /// port, and the variables missing to send for real (`-` when none).
+    Destinations,
     /// Show every destination's delivery of one event.
     Trace {
         /// The event_id ingest returned.
@@ -59,7 +63,7 @@ enum DlqAction {
     Stats,
     /// The messages of one destination's DLQ: ids and error headers, never bodies.
     List {
-        /// meta, ga4, google_ads or crm.
+        /// A registered destination (`leadpipe destinations` lists them).
         destination: String,
         /// Most messages to print.
         #[arg(long, default_value_t = 50)]
@@ -67,7 +71,7 @@ enum DlqAction {
     },
     /// Move messages back to the work queue (attempts reset, same event_id).
     Replay {
-        /// meta, ga4, google_ads or crm.
+        /// A registered destination (`leadpipe destinations` lists them).
         destination: String,
         /// Only messages with this x-leadpipe-error-code.
         #[arg(long)]
@@ -126,7 +130,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let amqp = AmqpSettings::from_env()?;
             let names = Names::new(amqp.namespace.clone());
             if let TopologyAction::Definitions = action {
-                let plan = topology::plan(&names, TopologySettings::default());
+                let plan = topology::plan(&names, &leadpipe_registry::enabled_topology()?);
                 println!(
                     "{}",
                     serde_json::to_string_pretty(&topology::definitions(&plan))?
@@ -137,11 +141,21 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let channel = conn.create_channel().await?;
             match action {
                 TopologyAction::Apply => {
-                    topology::declare(&channel, &names, TopologySettings::default())
+                    let settings = leadpipe_registry::enabled_topology()?;
+                    topology::declare(&channel, &names, &settings)
                         .await
                         .context("declaring the topology")?;
-                    println!("topology of namespace {:?} declared:", names.namespace());
-                    for q in names.all_queues() {
+                    println!(
+                        "topology of namespace {:?} declared for {} (LEADPIPE_DESTINATIONS):",
+                        names.namespace(),
+                        settings
+                            .destinations
+                            .iter()
+                            .map(|d| d.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    );
+                    for q in names.all_queues(&settings.destinations) {
                         println!("  queue {q}");
                     }
                 }
@@ -151,12 +165,29 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         "this deletes every queue of namespace {:?} and the messages in them; pass --yes",
                         names.namespace()
                     );
-                    topology::delete(&channel, &names).await?;
+                    // Every registered destination's queues, enabled or not.
+                    topology::delete(&channel, &names, &REGISTRY.destinations()).await?;
                     println!("topology of namespace {:?} deleted", names.namespace());
                 }
                 TopologyAction::Definitions => {}
             }
             let _ = conn.close(200, "done".into()).await;
+        }
+        Command::Destinations => {
+            for r in leadpipe_registry::enabled()? {
+                let missing = (r.missing_credentials)();
+                println!(
+                    "{} {} {} {}",
+                    r.name(),
+                    r.service,
+                    r.metrics_port,
+                    if missing.is_empty() {
+                        "-".to_owned()
+                    } else {
+                        missing.join(",")
+                    }
+                );
+            }
         }
         Command::Send(args) => return send::run(args).await,
         Command::Trace { event_id } => return trace::run(&event_id).await,

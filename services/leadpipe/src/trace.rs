@@ -4,8 +4,8 @@ use std::process::ExitCode;
 
 use chrono::{DateTime, Utc};
 
-use leadpipe_bus::Destination;
 use leadpipe_config::DatabaseSettings;
+use leadpipe_registry::REGISTRY;
 
 type Row = (
     String,
@@ -30,7 +30,8 @@ pub(crate) async fn run(event_id: &str) -> anyhow::Result<ExitCode> {
     )
     // Every destination named, so the lookup is one probe of the primary key per destination.
     .bind(
-        Destination::ALL
+        REGISTRY
+            .destinations()
             .iter()
             .map(|d| d.as_str())
             .collect::<Vec<_>>(),

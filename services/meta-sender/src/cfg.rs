@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 
-use leadpipe_bus::Destination;
 pub use leadpipe_config::consent::ConsentPolicy;
 use leadpipe_config::mapping::MappingConfig;
 use leadpipe_config::{ConfigError, env};
@@ -73,8 +72,7 @@ pub struct Settings {
 /// Reads the `meta` sections of the mapping config, naming any bad key.
 pub fn meta_mappings(cfg: &MappingConfig) -> Result<HashMap<String, MetaMapping>, ConfigError> {
     let mut out = HashMap::new();
-    for (name, mapping) in &cfg.events {
-        let Some(t) = &mapping.meta else { continue };
+    for (name, t) in cfg.sections("meta") {
         let key = |k: &str| format!("events.{name}.meta.{k}");
         for k in t.keys() {
             if ![
@@ -110,7 +108,7 @@ pub fn meta_mappings(cfg: &MappingConfig) -> Result<HashMap<String, MetaMapping>
             ));
         }
         out.insert(
-            name.clone(),
+            name.to_owned(),
             MetaMapping {
                 event_name,
                 action_source,
@@ -136,7 +134,7 @@ impl Settings {
         let mapping = MappingConfig::from_env()?;
         let pixel_id = env::optional("META_PIXEL_ID");
         let access_token = env::optional("META_ACCESS_TOKEN").map(SecretString::from);
-        let runtime = RuntimeSettings::from_env(Destination::Meta)?;
+        let runtime = RuntimeSettings::from_env(&crate::REGISTRATION)?;
         let dry_run = runtime.dry_run;
         let max_batch = env::parse_or("META_MAX_BATCH", DEFAULT_MAX_BATCH, "a number of events")?;
         if !(1..=1000).contains(&max_batch) {

@@ -10,16 +10,7 @@ use leadpipe_consumer::{Failure, Outcome, http};
 
 use crate::cfg::Settings;
 
-/// How one request went, for the whole batch.
-#[derive(Debug)]
-pub enum BatchResult {
-    /// Accepted; `fbtrace_id`.
-    Accepted(Option<String>),
-    /// Every event in it gets this outcome.
-    All(Outcome),
-    /// Meta refused the batch because of (at least) one bad event: split it to find it.
-    Poisoned(Failure),
-}
+pub use leadpipe_consumer::bisect::BatchAnswer as BatchResult;
 
 /// A client for one pixel.
 pub struct MetaClient {

@@ -5,27 +5,44 @@
 //! - [`cfg`]: variables and the `meta` part of the mapping config.
 //! - [`payload`]: canonical event → Meta server event, hashed per `normalization.md`.
 //! - [`client`]: the HTTP call and Meta's error classification.
-//! - [`MetaAdapter`]: the runtime adapter; isolates the bad event of a rejected batch by
-//!   bisection, so its neighbours are delivered and only it is dead-lettered.
+//! - [`MetaAdapter`]: the runtime adapter; a batch refused for one bad event is bisected by
+//!   [`leadpipe_consumer::bisect`], so its neighbours are delivered and only it is
+//!   dead-lettered.
 
 #![forbid(unsafe_code)]
 
 pub mod cfg;
 pub mod client;
+#[cfg(feature = "fake")]
+pub mod fake;
 pub mod payload;
-
-use std::future::Future;
-use std::pin::Pin;
 
 use serde_json::Value;
 
 use leadpipe_bus::Destination;
-use leadpipe_consumer::{Adapter, Failure, Item, Outcome, Prepared};
+use leadpipe_consumer::{Adapter, Failure, Item, Outcome, Prepared, Registration, bisect};
 use leadpipe_events::Envelope;
 
 use crate::cfg::Settings;
-use crate::client::{BatchResult, MetaClient};
+use crate::client::MetaClient;
 use crate::payload::Skip;
+
+/// The destination's name in queue names, metrics labels and the delivery log.
+pub const DESTINATION: Destination = Destination::new("meta");
+
+/// What leadpipe knows about this destination (`leadpipe-registry` lists it).
+pub static REGISTRATION: Registration = Registration {
+    destination: DESTINATION,
+    aliases: &[],
+    service: "meta-sender",
+    title: "Meta Conversions API",
+    metrics_port: 9101,
+    acceptance_window: |_| Some(payload::MAX_AGE),
+    check_mapping: |cfg| cfg::meta_mappings(cfg).map(|_| ()),
+    missing_credentials: || {
+        leadpipe_config::error::missing_from_env(&["META_PIXEL_ID", "META_ACCESS_TOKEN"])
+    },
+};
 
 /// The Meta destination.
 pub struct MetaAdapter {
@@ -39,42 +56,13 @@ impl MetaAdapter {
         let client = MetaClient::new(&settings);
         Self { settings, client }
     }
-
-    /// Sends `events`, splitting a poisoned batch in halves until the offenders stand alone.
-    fn send_isolating<'a>(
-        &'a self,
-        events: &'a [Value],
-        traceparent: Option<&'a str>,
-    ) -> Pin<Box<dyn Future<Output = Vec<Outcome>> + Send + 'a>> {
-        Box::pin(async move {
-            match self.client.post(events, traceparent).await {
-                BatchResult::Accepted(trace) => vec![
-                    Outcome::Sent {
-                        reference: trace,
-                        http_status: Some(200),
-                    };
-                    events.len()
-                ],
-                BatchResult::All(outcome) => vec![outcome; events.len()],
-                BatchResult::Poisoned(failure) if events.len() == 1 => {
-                    vec![Outcome::Permanent(failure)]
-                }
-                BatchResult::Poisoned(_) => {
-                    let (left, right) = events.split_at(events.len() / 2);
-                    let mut out = self.send_isolating(left, traceparent).await;
-                    out.extend(self.send_isolating(right, traceparent).await);
-                    out
-                }
-            }
-        })
-    }
 }
 
 impl Adapter for MetaAdapter {
     type Prepared = Value;
 
     fn destination(&self) -> Destination {
-        Destination::Meta
+        DESTINATION
     }
 
     fn max_batch(&self) -> usize {
@@ -105,7 +93,8 @@ impl Adapter for MetaAdapter {
                 })
                 .collect();
         }
-        self.send_isolating(&events, traceparent.as_deref()).await
+        let traceparent = traceparent.as_deref();
+        bisect::send_isolating(&events, |batch| self.client.post(batch, traceparent)).await
     }
 
     async fn probe(&self) -> bool {

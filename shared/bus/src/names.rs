@@ -4,42 +4,32 @@
 use std::fmt;
 use std::time::Duration;
 
-/// A delivery destination, each with its own work queue and dead-letter queue.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Destination {
-    /// Meta Conversions API (`meta-sender`).
-    Meta,
-    /// GA4 Measurement Protocol (`ga4-sender`).
-    Ga4,
-    /// Google Ads (`google-ads-sender`).
-    GoogleAds,
-    /// The CRM (`crm-writer`).
-    Crm,
-}
+/// A delivery destination, each with its own work queue and dead-letter queue: the name used in
+/// queue names, metrics labels and the delivery log (`meta`, `google_ads`, `tiktok`).
+///
+/// A destination is declared once, in its own crate, and registered in `leadpipe-registry`;
+/// that registry is what parses a name an operator typed and lists the destinations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Destination(&'static str);
 
 impl Destination {
-    /// All destinations, in queue order.
-    pub const ALL: [Destination; 4] = [Self::Meta, Self::Ga4, Self::GoogleAds, Self::Crm];
-
-    /// The name used in queue names, metrics labels and the delivery log.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Meta => "meta",
-            Self::Ga4 => "ga4",
-            Self::GoogleAds => "google_ads",
-            Self::Crm => "crm",
-        }
+    /// The destination named `name` (lowercase letters, digits and `_`; the registry's tests
+    /// check every registered name).
+    pub const fn new(name: &'static str) -> Self {
+        Self(name)
     }
 
-    /// Parses a destination name as written in queue names (`google_ads`; `google-ads` too).
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "meta" => Some(Self::Meta),
-            "ga4" => Some(Self::Ga4),
-            "google_ads" | "google-ads" => Some(Self::GoogleAds),
-            "crm" => Some(Self::Crm),
-            _ => None,
-        }
+    /// The name used in queue names, metrics labels and the delivery log.
+    pub const fn as_str(self) -> &'static str {
+        self.0
+    }
+
+    /// Whether `name` is a well-formed destination name: `[a-z][a-z0-9_]{0,31}`.
+    pub fn is_valid_name(name: &str) -> bool {
+        let mut chars = name.chars();
+        chars.next().is_some_and(|c| c.is_ascii_lowercase())
+            && name.len() <= 32
+            && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
     }
 }
 
@@ -136,9 +126,9 @@ impl Names {
         format!("{}.{}", tier_label(tier), d.as_str())
     }
 
-    /// Every queue of the namespace (work, dead-letter, delay).
-    pub fn all_queues(&self) -> Vec<String> {
-        let mut q: Vec<String> = Destination::ALL
+    /// Every queue of the namespace for `destinations` (work, dead-letter, delay).
+    pub fn all_queues(&self, destinations: &[Destination]) -> Vec<String> {
+        let mut q: Vec<String> = destinations
             .iter()
             .flat_map(|d| [self.work_queue(*d), self.dead_letter_queue(*d)])
             .collect();
@@ -161,13 +151,17 @@ impl Names {
 mod tests {
     use super::*;
 
+    const META: Destination = Destination::new("meta");
+    const GOOGLE_ADS: Destination = Destination::new("google_ads");
+    const CRM: Destination = Destination::new("crm");
+
     #[test]
     fn names_follow_the_spec() {
         let n = Names::new("leadpipe");
         assert_eq!(n.events_exchange(), "leadpipe.events");
         assert_eq!(n.dead_letter_exchange(), "leadpipe.dlx");
-        assert_eq!(n.work_queue(Destination::GoogleAds), "leadpipe.google_ads");
-        assert_eq!(n.dead_letter_queue(Destination::Meta), "leadpipe.meta.dlq");
+        assert_eq!(n.work_queue(GOOGLE_ADS), "leadpipe.google_ads");
+        assert_eq!(n.dead_letter_queue(META), "leadpipe.meta.dlq");
         assert_eq!(
             n.delay_queue(Duration::from_secs(600)),
             "leadpipe.delay.10m"
@@ -177,21 +171,19 @@ mod tests {
             "lead.site-widget"
         );
         assert_eq!(
-            Names::delay_routing_key(Duration::from_secs(3600), Destination::Crm),
+            Names::delay_routing_key(Duration::from_secs(3600), CRM),
             "1h.crm"
         );
-        assert_eq!(n.all_queues().len(), 4 * 2 + DELAY_TIERS.len());
+        assert_eq!(n.all_queues(&[META, CRM]).len(), 2 * 2 + DELAY_TIERS.len());
     }
 
     #[test]
-    fn destinations_round_trip_through_their_names() {
-        for d in Destination::ALL {
-            assert_eq!(Destination::parse(d.as_str()), Some(d));
+    fn destination_names_are_checked() {
+        for good in ["meta", "google_ads", "ga4", "tiktok"] {
+            assert!(Destination::is_valid_name(good), "{good}");
         }
-        assert_eq!(
-            Destination::parse("google-ads"),
-            Some(Destination::GoogleAds)
-        );
-        assert_eq!(Destination::parse("tiktok"), None);
+        for bad in ["", "Meta", "google-ads", "4ga", "a.b", &"x".repeat(33)] {
+            assert!(!Destination::is_valid_name(bad), "{bad}");
+        }
     }
 }

@@ -74,15 +74,20 @@ pub struct PublisherSettings {
 }
 
 impl PublisherSettings {
-    /// Defaults for `url`: 5 s confirm deadline, reconnect every 100 ms → 5 s.
-    pub fn new(url: impl Into<String>, connection_name: impl Into<String>) -> Self {
+    /// Defaults for `url` declaring `topology`: 5 s confirm deadline, reconnect every
+    /// 100 ms → 5 s.
+    pub fn new(
+        url: impl Into<String>,
+        connection_name: impl Into<String>,
+        topology: TopologySettings,
+    ) -> Self {
         Self {
             url: url.into(),
             connection_name: connection_name.into(),
             confirm_timeout: Duration::from_secs(5),
             min_reconnect_delay: Duration::from_millis(100),
             max_reconnect_delay: Duration::from_secs(5),
-            topology: TopologySettings::default(),
+            topology,
             channels: 1,
             wait_while_blocked: false,
         }
@@ -420,7 +425,7 @@ async fn supervise(inner: Arc<Inner>, shutdown: CancellationToken) {
 async fn open(inner: &Inner) -> crate::Result<(Connection, Vec<Channel>)> {
     let conn = crate::connect(&inner.settings.url, &inner.settings.connection_name).await?;
     let setup = conn.create_channel().await?;
-    topology::declare(&setup, &inner.names, inner.settings.topology).await?;
+    topology::declare(&setup, &inner.names, &inner.settings.topology).await?;
     let _ = setup.close(200, "topology declared".into()).await;
     let mut channels = Vec::with_capacity(inner.settings.channels.max(1));
     for _ in 0..inner.settings.channels.max(1) {

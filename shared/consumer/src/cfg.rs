@@ -3,8 +3,19 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use leadpipe_bus::Destination;
 use leadpipe_config::{AmqpSettings, ConfigError, DatabaseSettings, env};
+
+use crate::registry::Registration;
+
+/// A duration variable in milliseconds, `default` when unset.
+fn millis(name: &str, default: Duration) -> Result<Duration, ConfigError> {
+    let ms = u64::try_from(default.as_millis()).unwrap_or(u64::MAX);
+    Ok(Duration::from_millis(env::parse_or(
+        name,
+        ms,
+        "milliseconds",
+    )?))
+}
 
 /// How a sender consumes, batches, retries and pauses.
 #[derive(Debug, Clone)]
@@ -66,23 +77,18 @@ impl RuntimeSettings {
         }
     }
 
-    /// Reads the variables; `destination`'s default metrics port is 9101…9104.
-    pub fn from_env(destination: Destination) -> Result<Self, ConfigError> {
-        let port = match destination {
-            Destination::Meta => 9101,
-            Destination::Ga4 => 9102,
-            Destination::GoogleAds => 9103,
-            Destination::Crm => 9104,
-        };
+    /// Reads the variables for `registration` (its default metrics port); refuses a
+    /// destination that `LEADPIPE_DESTINATIONS` does not enable.
+    pub fn from_env(registration: &Registration) -> Result<Self, ConfigError> {
+        crate::registry::enabled_by_env(registration.destination)?;
         let mut s = Self::defaults(
             AmqpSettings::from_env()?,
             DatabaseSettings::from_env(),
-            port,
+            registration.metrics_port,
         );
         s.metrics_addr = env::parse_or("METRICS_ADDR", s.metrics_addr, "a socket address")?;
         s.batch_size = env::parse_or("BATCH_SIZE", s.batch_size, "a number of events")?;
-        let wait = env::parse_or("BATCH_MAX_WAIT_MS", 200u64, "milliseconds")?;
-        s.batch_max_wait = Duration::from_millis(wait);
+        s.batch_max_wait = millis("BATCH_MAX_WAIT_MS", s.batch_max_wait)?;
         s.prefetch = env::parse_or(
             "PREFETCH",
             u16::try_from(s.batch_size).unwrap_or(u16::MAX),
@@ -90,26 +96,17 @@ impl RuntimeSettings {
         )?;
         s.concurrency = env::parse_or("CONCURRENCY", s.concurrency, "a number of channels")?;
         s.max_attempts = env::parse_or("MAX_ATTEMPTS", s.max_attempts, "a number of attempts")?;
-        s.retry_base =
-            Duration::from_millis(env::parse_or("RETRY_BASE_MS", 1000u64, "milliseconds")?);
-        s.retry_max = Duration::from_millis(env::parse_or(
-            "RETRY_MAX_MS",
-            6 * 3600 * 1000u64,
-            "milliseconds",
-        )?);
-        s.lease = Duration::from_secs(env::parse_or("LEASE_SECS", 60u64, "seconds")?);
-        s.pause_probe_max = Duration::from_millis(env::parse_or(
-            "PAUSE_PROBE_MAX_MS",
-            30_000u64,
-            "milliseconds",
-        )?);
+        s.retry_base = millis("RETRY_BASE_MS", s.retry_base)?;
+        s.retry_max = millis("RETRY_MAX_MS", s.retry_max)?;
+        s.lease = Duration::from_secs(env::parse_or("LEASE_SECS", s.lease.as_secs(), "seconds")?);
+        s.pause_probe_max = millis("PAUSE_PROBE_MAX_MS", s.pause_probe_max)?;
         s.pause_after_failed_batches = env::parse_or(
             "PAUSE_AFTER_FAILED_BATCHES",
             s.pause_after_failed_batches,
             "a number of batches",
         )?;
         s.max_polls = env::parse_or("MAX_POLLS", s.max_polls, "a number of polls")?;
-        s.dry_run = env::flag("DRY_RUN", false)?;
+        s.dry_run = env::flag("DRY_RUN", s.dry_run)?;
         for (key, bad) in [
             ("BATCH_SIZE", s.batch_size == 0),
             ("PREFETCH", s.prefetch == 0),

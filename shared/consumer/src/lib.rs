@@ -7,24 +7,31 @@
 //! # Layout
 //! - [`adapter`]: the trait a destination implements.
 //! - [`outcome`]: what an adapter reports per event.
+//! - [`bisect`]: isolating the bad events of a batch a destination refused whole.
 //! - [`worker`]: the consume loop and the batch pipeline (the runtime's decisions).
 //! - [`store`]: idempotency claims and the delivery log.
 //! - [`retry`]: backoff with full jitter.
 //! - [`cfg`]: settings from the environment.
 //! - [`metrics`]: the sender metric families.
+//! - [`registry`]: what leadpipe knows about each destination.
 //! - [`http`]: `Retry-After`, transport failures and plain status codes, for HTTP adapters.
+//! - `testing` (feature `testing`): storms and the fake trait the destinations' fakes share.
 //! - [`service`]: a sender binary's life (DRY_RUN notice, run until SIGTERM, exit code).
 
 #![forbid(unsafe_code)]
 
 pub mod adapter;
+pub mod bisect;
 pub mod cfg;
 pub mod http;
 pub mod metrics;
 pub mod outcome;
+pub mod registry;
 pub mod retry;
 pub mod service;
 pub mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod worker;
 
 use std::net::SocketAddr;
@@ -41,11 +48,13 @@ use axum::routing::get;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use leadpipe_bus::topology::TopologySettings;
 use leadpipe_bus::{Names, Publisher, PublisherSettings};
 
 pub use adapter::{Adapter, Item};
 pub use cfg::RuntimeSettings;
 pub use outcome::{Failure, Outcome, Prepared};
+pub use registry::{Registration, Registry};
 
 use worker::{Flow, Shared};
 
@@ -86,6 +95,9 @@ impl<A: Adapter> Sender<A> {
                 ..PublisherSettings::new(
                     settings.amqp.url.clone(),
                     format!("{}-sender-publisher", destination.as_str()),
+                    // A sender declares its own queues only: a destination nobody runs or
+                    // enables has none filling up.
+                    TopologySettings::for_destinations([destination]),
                 )
             },
             names.clone(),

@@ -195,6 +195,12 @@ pub struct Attribution {
     /// Google web-to-app click id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wbraid: Option<String>,
+    /// TikTok click id from the landing URL (`ttclid`, byte-exact).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttclid: Option<String>,
+    /// TikTok Pixel's first-party cookie (`_ttp`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttp: Option<String>,
     /// GA4 client id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ga_client_id: Option<String>,

@@ -611,6 +611,8 @@ fn normalize(
             ("attribution.gclid", &mut a.gclid),
             ("attribution.gbraid", &mut a.gbraid),
             ("attribution.wbraid", &mut a.wbraid),
+            ("attribution.ttclid", &mut a.ttclid),
+            ("attribution.ttp", &mut a.ttp),
             ("attribution.ga_client_id", &mut a.ga_client_id),
             ("attribution.ga_session_id", &mut a.ga_session_id),
             ("attribution.utm_source", &mut a.utm_source),

@@ -55,7 +55,7 @@ struct Inner {
     events: HashMap<String, Value>,
     /// `GET /{version}/{pixel}` reads: (fields asked, status answered).
     reads: Vec<(String, u16)>,
-    storm: crate::storm::Storm,
+    storm: leadpipe_consumer::testing::Storm,
     /// Keep counts only (benchmarks): no request bodies, no event copies.
     lean: bool,
 }
@@ -157,7 +157,7 @@ async fn events(
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     let strike = inner.lock().unwrap().storm.count();
-    let struck = crate::storm::weather(strike).await;
+    let struck = leadpipe_consumer::testing::weather(strike).await;
     let latency = inner.lock().unwrap().latency;
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
@@ -298,11 +298,11 @@ impl FakeMeta {
 
     /// Every `n`-th request fails with 503 (a destination storm; 0: none).
     pub fn set_storm(&self, every: u32) {
-        self.set_storm_of(every, crate::storm::Strike::Unavailable);
+        self.set_storm_of(every, leadpipe_consumer::testing::Strike::Unavailable);
     }
 
     /// Every `n`-th request to the data endpoint is struck with `strike` (0: none).
-    pub fn set_storm_of(&self, every: u32, strike: crate::storm::Strike) {
+    pub fn set_storm_of(&self, every: u32, strike: leadpipe_consumer::testing::Strike) {
         self.inner.lock().unwrap().storm.set(every, strike);
     }
 
@@ -349,5 +349,62 @@ impl FakeMeta {
                     .map(|e| e["event_id"].as_str().unwrap_or_default().to_owned())
             })
             .collect()
+    }
+}
+
+/// The token the fake accepts when started by [`start`].
+pub const TOKEN: &str = "good-token";
+/// The pixel the end-to-end senders post to.
+pub const PIXEL_ID: &str = "1234567890";
+
+/// A fake accepting [`TOKEN`], for the end-to-end support.
+pub async fn start() -> Arc<dyn leadpipe_consumer::testing::FakeDestination> {
+    Arc::new(FakeMeta::start(TOKEN).await)
+}
+
+impl leadpipe_consumer::testing::FakeDestination for FakeMeta {
+    fn destination(&self) -> leadpipe_bus::Destination {
+        crate::DESTINATION
+    }
+    fn sender_env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("META_API_BASE_URL", self.base_url.clone()),
+            ("META_PIXEL_ID", PIXEL_ID.into()),
+            ("META_ACCESS_TOKEN", TOKEN.into()),
+        ]
+    }
+    fn ad_consent(&self) -> leadpipe_consumer::testing::AdConsent {
+        leadpipe_consumer::testing::AdConsent::Blocks
+    }
+    fn refuses(&self, event: &Value) -> bool {
+        event["contact"]["email"] == REJECTED_EMAIL
+    }
+    fn kept(&self) -> HashMap<String, usize> {
+        self.accepted()
+    }
+    fn kept_by_event_id(&self) -> bool {
+        true
+    }
+    fn requests_seen(&self) -> usize {
+        self.requests().len()
+    }
+    fn bodies(&self) -> Vec<String> {
+        self.requests().iter().map(|r| r.body.to_string()).collect()
+    }
+    fn event_ids_with_user_data(&self) -> Vec<String> {
+        // Every Meta event carries user_data.
+        self.event_ids_seen()
+    }
+    fn set_storm_of(&self, every: u32, strike: leadpipe_consumer::testing::Strike) {
+        FakeMeta::set_storm_of(self, every, strike);
+    }
+    fn set_latency(&self, latency: Duration) {
+        FakeMeta::set_latency(self, latency);
+    }
+    fn set_lean(&self) {
+        FakeMeta::set_lean(self);
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
     }
 }

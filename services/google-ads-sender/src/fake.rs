@@ -70,7 +70,7 @@ struct Inner {
     polls: Vec<(String, Instant)>,
     uploads: Vec<Upload>,
     latency: Duration,
-    storm: crate::storm::Storm,
+    storm: leadpipe_consumer::testing::Storm,
 }
 
 /// The fake's handle.
@@ -265,7 +265,7 @@ async fn ingest(
     Json(body): Json<Value>,
 ) -> Response {
     let strike = inner.lock().unwrap().storm.count();
-    let struck = crate::storm::weather(strike).await;
+    let struck = leadpipe_consumer::testing::weather(strike).await;
     let latency = inner.lock().unwrap().latency;
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
@@ -614,11 +614,11 @@ impl FakeGoogle {
 
     /// Every `n`-th request fails with 503 (a destination storm; 0: none).
     pub fn set_storm(&self, every: u32) {
-        self.set_storm_of(every, crate::storm::Strike::Unavailable);
+        self.set_storm_of(every, leadpipe_consumer::testing::Strike::Unavailable);
     }
 
     /// Every `n`-th request to the data endpoint is struck with `strike` (0: none).
-    pub fn set_storm_of(&self, every: u32, strike: crate::storm::Strike) {
+    pub fn set_storm_of(&self, every: u32, strike: leadpipe_consumer::testing::Strike) {
         self.inner.lock().unwrap().storm.set(every, strike);
     }
 
@@ -676,5 +676,76 @@ impl FakeGoogle {
                     .map(|e| e["transactionId"].as_str().unwrap_or_default().to_owned())
             })
             .collect()
+    }
+}
+
+/// The customer the end-to-end senders upload to.
+pub const CUSTOMER_ID: &str = "1234567890";
+/// The conversion action the end-to-end senders use.
+pub const CONVERSION_ACTION_ID: &str = "555000111";
+
+/// A fake, for the end-to-end support.
+pub async fn start() -> Arc<dyn leadpipe_consumer::testing::FakeDestination> {
+    Arc::new(FakeGoogle::start().await)
+}
+
+impl leadpipe_consumer::testing::FakeDestination for FakeGoogle {
+    fn destination(&self) -> leadpipe_bus::Destination {
+        crate::DESTINATION
+    }
+    fn sender_env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("GOOGLE_DATA_MANAGER_BASE_URL", self.base_url.clone()),
+            ("GOOGLE_ADS_API_BASE_URL", self.base_url.clone()),
+            ("GOOGLE_OAUTH_TOKEN_URL", self.token_url()),
+            ("GOOGLE_ADS_CUSTOMER_ID", CUSTOMER_ID.into()),
+            (
+                "GOOGLE_ADS_CONVERSION_ACTION_ID",
+                CONVERSION_ACTION_ID.into(),
+            ),
+            ("GOOGLE_ADS_CLIENT_ID", "client-id".into()),
+            ("GOOGLE_ADS_CLIENT_SECRET", "client-secret".into()),
+            ("GOOGLE_ADS_REFRESH_TOKEN", REFRESH_TOKEN.into()),
+            ("GOOGLE_DM_STATUS_DELAY_SECS", "1".into()),
+            ("GOOGLE_DM_STATUS_DELAY_MAX_SECS", "2".into()),
+        ]
+    }
+    fn ad_consent(&self) -> leadpipe_consumer::testing::AdConsent {
+        leadpipe_consumer::testing::AdConsent::Blocks
+    }
+    fn refuses(&self, event: &Value) -> bool {
+        event["attribution"]["gclid"] == CLICK_NOT_FOUND
+    }
+    fn kept(&self) -> HashMap<String, usize> {
+        let mut counts = HashMap::new();
+        for (_, e) in self.accepted_events() {
+            *counts
+                .entry(format!("{}/{}", e["transactionId"], e["conversionValue"]))
+                .or_default() += 1;
+        }
+        counts
+    }
+    fn kept_by_event_id(&self) -> bool {
+        false
+    }
+    fn requests_seen(&self) -> usize {
+        self.ingests().len()
+    }
+    fn bodies(&self) -> Vec<String> {
+        self.ingests().iter().map(|r| r.body.to_string()).collect()
+    }
+    fn event_ids_with_user_data(&self) -> Vec<String> {
+        // Google's requests carry transaction ids, not event ids.
+        Vec::new()
+    }
+    fn set_storm_of(&self, every: u32, strike: leadpipe_consumer::testing::Strike) {
+        FakeGoogle::set_storm_of(self, every, strike);
+    }
+    fn set_latency(&self, latency: Duration) {
+        FakeGoogle::set_latency(self, latency);
+    }
+    fn set_lean(&self) {}
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
     }
 }

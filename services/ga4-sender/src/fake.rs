@@ -63,7 +63,7 @@ struct Inner {
     /// Keep counts only, not every request (benchmarks: 30,000 stored bodies cost the shared
     /// CPU more than the sender under test).
     lean: bool,
-    storm: crate::storm::Storm,
+    storm: leadpipe_consumer::testing::Storm,
 }
 
 /// The fake's handle.
@@ -274,7 +274,7 @@ async fn handle(
     } else {
         None
     };
-    let struck = crate::storm::weather(strike).await;
+    let struck = leadpipe_consumer::testing::weather(strike).await;
     let latency = inner.lock().unwrap().latency;
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
@@ -369,11 +369,11 @@ impl FakeGa4 {
 
     /// Every `n`-th request fails with 503 (a destination storm; 0: none).
     pub fn set_storm(&self, every: u32) {
-        self.set_storm_of(every, crate::storm::Strike::Unavailable);
+        self.set_storm_of(every, leadpipe_consumer::testing::Strike::Unavailable);
     }
 
     /// Every `n`-th request to the data endpoint is struck with `strike` (0: none).
-    pub fn set_storm_of(&self, every: u32, strike: crate::storm::Strike) {
+    pub fn set_storm_of(&self, every: u32, strike: leadpipe_consumer::testing::Strike) {
         self.inner.lock().unwrap().storm.set(every, strike);
     }
 
@@ -456,5 +456,77 @@ impl FakeGa4 {
                     })
             })
             .collect()
+    }
+}
+
+/// The API secret the fake accepts when started by [`start`].
+pub const API_SECRET: &str = "ga4-secret";
+/// The measurement id the end-to-end senders use.
+pub const MEASUREMENT_ID: &str = "G-TEST123";
+
+/// A fake accepting [`API_SECRET`], for the end-to-end support.
+pub async fn start() -> Arc<dyn leadpipe_consumer::testing::FakeDestination> {
+    Arc::new(FakeGa4::start(API_SECRET).await)
+}
+
+impl leadpipe_consumer::testing::FakeDestination for FakeGa4 {
+    fn destination(&self) -> leadpipe_bus::Destination {
+        crate::DESTINATION
+    }
+    fn sender_env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("GA4_API_BASE_URL", self.base_url.clone()),
+            ("GA4_MEASUREMENT_ID", MEASUREMENT_ID.into()),
+            ("GA4_API_SECRET", API_SECRET.into()),
+        ]
+    }
+    fn ad_consent(&self) -> leadpipe_consumer::testing::AdConsent {
+        leadpipe_consumer::testing::AdConsent::SendsWithoutUserData
+    }
+    fn refuses(&self, event: &Value) -> bool {
+        event["order_id"] == REJECTED_TRANSACTION_ID
+    }
+    fn kept(&self) -> HashMap<String, usize> {
+        self.collected_counts()
+    }
+    fn kept_by_event_id(&self) -> bool {
+        true
+    }
+    fn requests_seen(&self) -> usize {
+        self.requests().len()
+    }
+    fn bodies(&self) -> Vec<String> {
+        self.requests().iter().map(|r| r.body.to_string()).collect()
+    }
+    fn event_ids_with_user_data(&self) -> Vec<String> {
+        self.requests()
+            .iter()
+            .filter(|r| r.path == "/mp/collect" && r.body.get("user_data").is_some())
+            .flat_map(|r| {
+                r.body["events"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|e| {
+                        e["params"]["event_id"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_owned()
+                    })
+            })
+            .collect()
+    }
+    fn set_storm_of(&self, every: u32, strike: leadpipe_consumer::testing::Strike) {
+        FakeGa4::set_storm_of(self, every, strike);
+    }
+    fn set_latency(&self, latency: Duration) {
+        FakeGa4::set_latency(self, latency);
+    }
+    fn set_lean(&self) {
+        FakeGa4::set_lean(self);
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
     }
 }

@@ -66,7 +66,7 @@ struct Inner {
     written: usize,
     /// Keep counts only, not every delivery (benchmarks).
     lean: bool,
-    storm: crate::storm::Storm,
+    storm: leadpipe_consumer::testing::Storm,
 }
 
 /// The fakes' handle (both served on one port).
@@ -87,7 +87,7 @@ fn verify(headers: &HeaderMap, body: &[u8]) -> Option<String> {
     let key = base64::engine::general_purpose::STANDARD
         .decode(WEBHOOK_SECRET.trim_start_matches("whsec_"))
         .ok()?;
-    let want = leadpipe_crm_writer::webhook::sign(&key, id, ts, body);
+    let want = crate::webhook::sign(&key, id, ts, body);
     get("webhook-signature")?
         .split(' ')
         .any(|s| s == want)
@@ -100,7 +100,7 @@ async fn webhook(
     body: axum::body::Bytes,
 ) -> Response {
     let strike = inner.lock().unwrap().storm.count();
-    let struck = crate::storm::weather(strike).await;
+    let struck = leadpipe_consumer::testing::weather(strike).await;
     let latency = inner.lock().unwrap().latency;
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
@@ -307,11 +307,11 @@ impl FakeCrm {
 
     /// Every `n`-th request fails with 503 (a destination storm; 0: none).
     pub fn set_storm(&self, every: u32) {
-        self.set_storm_of(every, crate::storm::Strike::Unavailable);
+        self.set_storm_of(every, leadpipe_consumer::testing::Strike::Unavailable);
     }
 
     /// Every `n`-th request to the data endpoint is struck with `strike` (0: none).
-    pub fn set_storm_of(&self, every: u32, strike: crate::storm::Strike) {
+    pub fn set_storm_of(&self, every: u32, strike: leadpipe_consumer::testing::Strike) {
         self.inner.lock().unwrap().storm.set(every, strike);
     }
 
@@ -357,5 +357,56 @@ impl FakeCrm {
             .contacts
             .get(&(id_property.to_owned(), id.to_owned()))
             .cloned()
+    }
+}
+
+/// A fake, for the end-to-end support (the signed-webhook receiver).
+pub async fn start() -> Arc<dyn leadpipe_consumer::testing::FakeDestination> {
+    Arc::new(FakeCrm::start().await)
+}
+
+impl leadpipe_consumer::testing::FakeDestination for FakeCrm {
+    fn destination(&self) -> leadpipe_bus::Destination {
+        crate::DESTINATION
+    }
+    fn sender_env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("CRM_KIND", "webhook".into()),
+            ("CRM_WEBHOOK_URL", self.webhook_url()),
+            ("CRM_WEBHOOK_SECRET", WEBHOOK_SECRET.into()),
+        ]
+    }
+    fn ad_consent(&self) -> leadpipe_consumer::testing::AdConsent {
+        leadpipe_consumer::testing::AdConsent::NotGated
+    }
+    fn refuses(&self, _: &Value) -> bool {
+        false
+    }
+    fn kept(&self) -> HashMap<String, usize> {
+        self.written()
+    }
+    fn kept_by_event_id(&self) -> bool {
+        true
+    }
+    fn requests_seen(&self) -> usize {
+        self.deliveries().len()
+    }
+    fn bodies(&self) -> Vec<String> {
+        Vec::new()
+    }
+    fn event_ids_with_user_data(&self) -> Vec<String> {
+        Vec::new()
+    }
+    fn set_storm_of(&self, every: u32, strike: leadpipe_consumer::testing::Strike) {
+        FakeCrm::set_storm_of(self, every, strike);
+    }
+    fn set_latency(&self, latency: std::time::Duration) {
+        FakeCrm::set_latency(self, latency);
+    }
+    fn set_lean(&self) {
+        FakeCrm::set_lean(self);
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
     }
 }

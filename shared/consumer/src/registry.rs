@@ -1,0 +1,250 @@
+//! What leadpipe knows about a destination, declared once in the destination's own crate as a
+//! [`Registration`], and the [`Registry`] of them (`leadpipe-registry` holds the list). The
+//! runtime, the CLI, ingest's topology and the test support read destinations from here; none
+//! of them names one.
+
+use leadpipe_bus::Destination;
+use leadpipe_config::mapping::MappingConfig;
+use leadpipe_config::{ConfigError, env};
+use leadpipe_events::Envelope;
+
+/// The variable that lists the enabled destinations (default: every registered one).
+pub const DESTINATIONS_VARIABLE: &str = "LEADPIPE_DESTINATIONS";
+
+/// One destination, as its crate declares it.
+#[derive(Debug)]
+pub struct Registration {
+    /// Its name in queue names, metrics labels and the delivery log.
+    pub destination: Destination,
+    /// Other spellings an operator may type (`google-ads`).
+    pub aliases: &'static [&'static str],
+    /// The service (binary) that delivers to it.
+    pub service: &'static str,
+    /// What it is, for people (`Meta Conversions API`).
+    pub title: &'static str,
+    /// Default port of the sender's `/metrics`, `/healthz` and `/readyz`.
+    pub metrics_port: u16,
+    /// How old an event the destination still takes (`None`: any age): the CLI's replay
+    /// refusal and the sender's `expired` decision use it.
+    pub acceptance_window: fn(&Envelope) -> Option<chrono::Duration>,
+    /// Reads the destination's sections of the mapping config into its typed mapping,
+    /// naming the key that is wrong.
+    pub check_mapping: fn(&MappingConfig) -> Result<(), ConfigError>,
+    /// The variables this environment lacks to send for real (`make run` starts the sender
+    /// in DRY_RUN when any is missing, and says which).
+    pub missing_credentials: fn() -> Vec<&'static str>,
+}
+
+impl Registration {
+    /// Its name.
+    pub fn name(&self) -> &'static str {
+        self.destination.as_str()
+    }
+}
+
+/// Every registered destination.
+#[derive(Debug, Clone, Copy)]
+pub struct Registry(&'static [&'static Registration]);
+
+impl Registry {
+    /// A registry of `registrations`, in queue order.
+    pub const fn new(registrations: &'static [&'static Registration]) -> Self {
+        Self(registrations)
+    }
+
+    /// Every registration.
+    pub fn all(&self) -> &'static [&'static Registration] {
+        self.0
+    }
+
+    /// Every registered destination.
+    pub fn destinations(&self) -> Vec<Destination> {
+        self.0.iter().map(|r| r.destination).collect()
+    }
+
+    /// The registered names, comma-separated (for error messages).
+    pub fn names(&self) -> String {
+        self.0
+            .iter()
+            .map(|r| r.name())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// The registration of `destination`.
+    pub fn get(&self, destination: Destination) -> Option<&'static Registration> {
+        self.0
+            .iter()
+            .copied()
+            .find(|r| r.destination == destination)
+    }
+
+    /// The registration named `name` (or one of its aliases).
+    pub fn parse(&self, name: &str) -> Option<&'static Registration> {
+        let name = name.trim();
+        self.0
+            .iter()
+            .copied()
+            .find(|r| r.name() == name || r.aliases.contains(&name))
+    }
+
+    /// Parses a name an operator typed; the error lists the registered names.
+    pub fn parse_named(
+        &self,
+        what: &str,
+        name: &str,
+    ) -> Result<&'static Registration, ConfigError> {
+        self.parse(name).ok_or_else(|| {
+            ConfigError::invalid(
+                what,
+                format!(
+                    "{name:?} is not a registered destination (one of {})",
+                    self.names()
+                ),
+            )
+        })
+    }
+
+    /// The enabled destinations: `LEADPIPE_DESTINATIONS` (comma-separated names), or every
+    /// registered one when it is unset.
+    pub fn enabled_from_env(&self) -> Result<Vec<&'static Registration>, ConfigError> {
+        self.enabled(env::optional(DESTINATIONS_VARIABLE).as_deref())
+    }
+
+    /// The enabled destinations for a value of `LEADPIPE_DESTINATIONS`.
+    pub fn enabled(&self, list: Option<&str>) -> Result<Vec<&'static Registration>, ConfigError> {
+        let Some(list) = list.filter(|l| !l.trim().is_empty()) else {
+            return Ok(self.0.to_vec());
+        };
+        let mut out: Vec<&'static Registration> = Vec::new();
+        for name in list.split(',').map(str::trim) {
+            if name.is_empty() {
+                return Err(ConfigError::invalid(
+                    DESTINATIONS_VARIABLE,
+                    "an empty name (write names separated by commas: meta,ga4)",
+                ));
+            }
+            let r = self.parse_named(DESTINATIONS_VARIABLE, name)?;
+            if !out.iter().any(|o| o.destination == r.destination) {
+                out.push(r);
+            }
+        }
+        // Queue order, whatever order the variable used.
+        out.sort_by_key(|r| self.0.iter().position(|a| a.destination == r.destination));
+        Ok(out)
+    }
+
+    /// Checks a mapping config: every destination it names is registered, and each
+    /// registered destination's sections read into its typed mapping.
+    pub fn check_mapping(&self, cfg: &MappingConfig) -> Result<(), ConfigError> {
+        for (name, key) in cfg.destination_names() {
+            if self.parse(&name).is_none_or(|r| r.name() != name) {
+                return Err(ConfigError::invalid(
+                    key,
+                    format!(
+                        "{name:?} is not a registered destination (one of {})",
+                        self.names()
+                    ),
+                ));
+            }
+        }
+        for r in self.0 {
+            (r.check_mapping)(cfg)?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether `destination` may run: `LEADPIPE_DESTINATIONS` is unset or names it. A sender
+/// reads only names here (it does not know the other destinations); ingest and the CLI check
+/// the whole list against the registry.
+pub fn enabled_by_env(destination: Destination) -> Result<(), ConfigError> {
+    let Some(list) = env::optional(DESTINATIONS_VARIABLE) else {
+        return Ok(());
+    };
+    if list.split(',').any(|n| n.trim() == destination.as_str()) {
+        Ok(())
+    } else {
+        Err(ConfigError::invalid(
+            DESTINATIONS_VARIABLE,
+            format!(
+                "{list:?} does not enable {destination}: add it, or do not run its sender (its queue is not declared)"
+            ),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn none(_: &Envelope) -> Option<chrono::Duration> {
+        None
+    }
+    fn ok(_: &MappingConfig) -> Result<(), ConfigError> {
+        Ok(())
+    }
+    fn refuses(cfg: &MappingConfig) -> Result<(), ConfigError> {
+        cfg.typed_sections::<Strict>("two").map(|_| ())
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Strict {}
+
+    static ONE: Registration = Registration {
+        destination: Destination::new("one"),
+        aliases: &["uno"],
+        service: "one-sender",
+        title: "One",
+        metrics_port: 1,
+        acceptance_window: none,
+        check_mapping: ok,
+        missing_credentials: Vec::new,
+    };
+    static TWO: Registration = Registration {
+        destination: Destination::new("two"),
+        aliases: &[],
+        service: "two-sender",
+        title: "Two",
+        metrics_port: 2,
+        acceptance_window: none,
+        check_mapping: refuses,
+        missing_credentials: Vec::new,
+    };
+    static REGISTRY: Registry = Registry::new(&[&ONE, &TWO]);
+
+    #[test]
+    fn the_enabled_list_defaults_to_all_and_is_checked() {
+        let names = |v: Vec<&Registration>| v.iter().map(|r| r.name()).collect::<Vec<_>>();
+        assert_eq!(names(REGISTRY.enabled(None).unwrap()), ["one", "two"]);
+        assert_eq!(
+            names(REGISTRY.enabled(Some("two, uno")).unwrap()),
+            ["one", "two"]
+        );
+        assert_eq!(names(REGISTRY.enabled(Some("two,two")).unwrap()), ["two"]);
+        let err = REGISTRY.enabled(Some("one,three")).unwrap_err().to_string();
+        assert!(err.starts_with("LEADPIPE_DESTINATIONS:"), "{err}");
+        assert!(
+            err.contains("\"three\"") && err.contains("one, two"),
+            "{err}"
+        );
+        assert!(REGISTRY.enabled(Some("one,,two")).is_err());
+    }
+
+    #[test]
+    fn a_mapping_naming_an_unregistered_destination_or_a_bad_key_is_refused() {
+        let cfg = MappingConfig::parse("[events.lead.three]\n").unwrap();
+        let err = REGISTRY.check_mapping(&cfg).unwrap_err().to_string();
+        assert!(err.starts_with("events.lead.three:"), "{err}");
+        let cfg = MappingConfig::parse("[events.lead.uno]\n").unwrap();
+        assert!(
+            REGISTRY.check_mapping(&cfg).is_err(),
+            "an alias is not a section name"
+        );
+        let cfg = MappingConfig::parse("[events.lead.two]\nx = 1\n").unwrap();
+        let err = REGISTRY.check_mapping(&cfg).unwrap_err().to_string();
+        assert!(err.contains("unknown field `x`"), "{err}");
+        let cfg = MappingConfig::parse("[events.lead.one]\n[events.lead.two]\n").unwrap();
+        REGISTRY.check_mapping(&cfg).unwrap();
+    }
+}
