@@ -239,7 +239,7 @@ impl Settings {
                 url: env::optional("CRM_WEBHOOK_URL"),
             },
             "hubspot" => CrmKind::HubSpot {
-                base_url: env::string_or("HUBSPOT_API_BASE_URL", DEFAULT_HUBSPOT_BASE_URL),
+                base_url: env::base_url("HUBSPOT_API_BASE_URL", DEFAULT_HUBSPOT_BASE_URL)?,
             },
             _ => {
                 return Err(ConfigError::invalid(

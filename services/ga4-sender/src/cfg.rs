@@ -273,15 +273,7 @@ impl Settings {
                 "must be at least 1",
             ));
         }
-        let base_url = env::string_or("GA4_API_BASE_URL", DEFAULT_BASE_URL);
-        if !leadpipe_events::identifiers::is_http_url(&base_url)
-            || reqwest::Url::parse(&base_url).is_err()
-        {
-            return Err(ConfigError::invalid(
-                "GA4_API_BASE_URL",
-                "must be an http(s) URL such as https://www.google-analytics.com",
-            ));
-        }
+        let base_url = env::base_url("GA4_API_BASE_URL", DEFAULT_BASE_URL)?;
         let settings = Self {
             runtime,
             base_url,

@@ -215,17 +215,17 @@ impl Settings {
         let settings = Self {
             dry_run: runtime.dry_run,
             runtime,
-            data_manager_base_url: env::string_or(
+            data_manager_base_url: env::base_url(
                 "GOOGLE_DATA_MANAGER_BASE_URL",
                 DEFAULT_DATA_MANAGER_BASE_URL,
-            ),
-            ads_api_base_url: env::string_or("GOOGLE_ADS_API_BASE_URL", DEFAULT_ADS_API_BASE_URL),
+            )?,
+            ads_api_base_url: env::base_url("GOOGLE_ADS_API_BASE_URL", DEFAULT_ADS_API_BASE_URL)?,
             ads_api_version: env::string_or("GOOGLE_ADS_API_VERSION", DEFAULT_ADS_API_VERSION),
             route,
             customer_id,
             login_customer_id,
             developer_token: env::optional("GOOGLE_ADS_DEVELOPER_TOKEN").map(SecretString::from),
-            token_url: env::string_or("GOOGLE_OAUTH_TOKEN_URL", DEFAULT_TOKEN_URL),
+            token_url: env::base_url("GOOGLE_OAUTH_TOKEN_URL", DEFAULT_TOKEN_URL)?,
             client_id,
             client_secret,
             refresh_token,

@@ -146,7 +146,7 @@ impl Settings {
         let consent = ConsentPolicy::from_env()?;
         let settings = Self {
             runtime,
-            base_url: env::string_or("META_API_BASE_URL", DEFAULT_BASE_URL),
+            base_url: env::base_url("META_API_BASE_URL", DEFAULT_BASE_URL)?,
             api_version: env::string_or("META_API_VERSION", DEFAULT_API_VERSION),
             pixel_id,
             access_token,
