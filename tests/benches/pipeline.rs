@@ -49,9 +49,9 @@ async fn main() {
 
     // Arrange: namespace, database, fakes keeping counts only.
     let p = Pipeline::new().await;
-    p.meta.set_lean();
-    p.ga4.set_lean();
-    p.crm.set_lean();
+    for fake in &p.fakes {
+        fake.set_lean();
+    }
     let sample = serde_json::to_vec(&leadpipe_tests::envelope_of(
         &event(0, chrono::Utc::now()).0,
     ))

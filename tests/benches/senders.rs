@@ -349,6 +349,40 @@ async fn run_sender(
             }
             wait_until(|| fake.accepted().len()).await
         }
+        leadpipe_tiktok_sender::DESTINATION => {
+            use leadpipe_tiktok_sender::fake::{FakeTikTok, PIXEL_CODE, TOKEN};
+            let fake = FakeTikTok::start(TOKEN).await;
+            leadpipe_consumer::testing::FakeDestination::set_latency(&fake, latency);
+            leadpipe_consumer::testing::FakeDestination::set_lean(&fake);
+            let mut runtime = p.runtime_settings(opts);
+            runtime.amqp.namespace = names.namespace().to_owned();
+            if let Some(c) = concurrency {
+                runtime.concurrency = c;
+            }
+            let settings = leadpipe_tiktok_sender::cfg::Settings {
+                runtime,
+                base_url: fake.base_url.clone(),
+                pixel_code: Some(PIXEL_CODE.into()),
+                access_token: Some(TOKEN.to_owned().into()),
+                test_event_code: None,
+                dry_run: false,
+                timeout: Duration::from_secs(10),
+                max_batch: 500,
+                consent: leadpipe_tiktok_sender::cfg::ConsentPolicy::Strict,
+                mappings: leadpipe_tiktok_sender::cfg::tiktok_mappings(
+                    &leadpipe_tests::shipped_mapping(),
+                )
+                .unwrap(),
+            };
+            for _ in 0..replicas {
+                let adapter = leadpipe_tiktok_sender::TikTokAdapter::new(settings.clone());
+                let sender = Sender::build(settings.runtime.clone(), adapter, stop.clone())
+                    .await
+                    .unwrap();
+                handles.push(tokio::spawn(sender.run_until_stopped(stop.clone())));
+            }
+            wait_until(|| fake.accepted().len()).await
+        }
         other => panic!("no sender benchmark for {other}"),
     };
     stop.cancel();

@@ -157,32 +157,40 @@ async fn connection_resets_on_every_second_connection_lose_and_double_nothing() 
             .parse()
             .unwrap()
     };
-    let meta = ResettingProxy::start(addr(&p.meta.base_url), 2).await;
-    let ga4 = ResettingProxy::start(addr(&p.ga4.base_url), 2).await;
-    let google = ResettingProxy::start(addr(&p.google.base_url), 2).await;
-    let crm = ResettingProxy::start(addr(&p.crm.base_url), 2).await;
-    let webhook_path = p.crm.webhook_url().replacen(&p.crm.base_url, "", 1);
-    let env = vec![
-        ("META_API_BASE_URL", meta.url()),
-        ("GA4_API_BASE_URL", ga4.url()),
-        ("GOOGLE_DATA_MANAGER_BASE_URL", google.url()),
-        ("GOOGLE_ADS_API_BASE_URL", google.url()),
-        ("CRM_WEBHOOK_URL", format!("{}{webhook_path}", crm.url())),
-    ];
+    // Every URL a sender is given points through a resetting hop to its fake (one hop per
+    // fake address, shared by that fake's URLs).
+    let mut proxies: Vec<(String, ResettingProxy)> = Vec::new();
+    let mut env: Vec<(&'static str, String)> = Vec::new();
+    for fake in &p.fakes {
+        for (key, value) in fake.sender_env() {
+            // Credentials are fetched directly: the storm is on the data endpoints.
+            let Some(rest) = value
+                .strip_prefix("http://")
+                .filter(|_| !key.ends_with("TOKEN_URL"))
+            else {
+                continue;
+            };
+            let host = rest.split('/').next().unwrap().to_owned();
+            if !proxies.iter().any(|(h, _)| *h == host) {
+                let proxy = ResettingProxy::start(addr(&value), 2).await;
+                proxies.push((host.clone(), proxy));
+            }
+            let proxy = &proxies.iter().find(|(h, _)| *h == host).unwrap().1;
+            env.push((
+                key,
+                value.replacen(&format!("http://{host}"), &proxy.url(), 1),
+            ));
+        }
+    }
     let run = Processes::start(p, None, 1, env).await;
 
     // Act + Assert
     post_all_and_check(&run).await;
     struck_everywhere(&run.p).await;
     run.stop().await;
-    for (name, proxy) in [
-        ("meta", &meta),
-        ("ga4", &ga4),
-        ("google", &google),
-        ("crm", &crm),
-    ] {
+    for (host, proxy) in &proxies {
         let resets = proxy.resets.load(std::sync::atomic::Ordering::Relaxed);
-        assert!(resets > 0, "{name}: no connection was reset");
+        assert!(resets > 0, "{host}: no connection was reset");
     }
 }
 

@@ -23,4 +23,5 @@ mod otlp_export;
 mod pipeline;
 mod replicas_binary;
 mod runtime;
+mod tiktok_sender;
 mod topology;

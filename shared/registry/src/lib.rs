@@ -40,6 +40,7 @@ destinations! {
     leadpipe_ga4_sender,
     leadpipe_google_ads_sender,
     leadpipe_crm_writer,
+    leadpipe_tiktok_sender,
 }
 
 /// The destinations `LEADPIPE_DESTINATIONS` enables (all registered ones when unset).

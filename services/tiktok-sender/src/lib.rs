@@ -1,0 +1,104 @@
+//! tiktok-sender: delivers canonical events to the TikTok Events API 2.0
+//! (`contracts/tiktok-events.md`) on the shared consumer runtime.
+//!
+//! # Layout
+//! - [`cfg`]: variables and the `tiktok` part of the mapping config.
+//! - [`payload`]: canonical event → TikTok `web` event, hashed per the contract.
+//! - [`client`]: the HTTP call and TikTok's error model (HTTP 200 with a non-zero `code`).
+//! - [`TikTokAdapter`]: the runtime adapter; a batch refused for one bad event is bisected by
+//!   [`leadpipe_consumer::bisect`], so its neighbours are delivered and only it is
+//!   dead-lettered.
+//! - `fake` (feature `fake`): a local Events API that validates per the contract, for tests.
+
+#![forbid(unsafe_code)]
+
+pub mod cfg;
+pub mod client;
+#[cfg(feature = "fake")]
+pub mod fake;
+pub mod payload;
+
+use serde_json::Value;
+
+use leadpipe_bus::Destination;
+use leadpipe_consumer::{Adapter, Failure, Item, Outcome, Prepared, Registration, bisect};
+use leadpipe_events::Envelope;
+
+use crate::cfg::Settings;
+use crate::client::TikTokClient;
+use crate::payload::Skip;
+
+/// The destination's name in queue names, metrics labels and the delivery log.
+pub const DESTINATION: Destination = Destination::new("tiktok");
+
+/// What leadpipe knows about this destination (`leadpipe-registry` lists it).
+pub static REGISTRATION: Registration = Registration {
+    destination: DESTINATION,
+    aliases: &[],
+    service: "tiktok-sender",
+    title: "TikTok Events API",
+    metrics_port: 9105,
+    acceptance_window: |_| Some(payload::MAX_AGE),
+    check_mapping: |cfg| cfg::tiktok_mappings(cfg).map(|_| ()),
+    missing_credentials: || {
+        leadpipe_config::error::missing_from_env(&["TIKTOK_PIXEL_CODE", "TIKTOK_ACCESS_TOKEN"])
+    },
+};
+
+/// The TikTok destination.
+pub struct TikTokAdapter {
+    settings: Settings,
+    client: TikTokClient,
+}
+
+impl TikTokAdapter {
+    /// An adapter for `settings`.
+    pub fn new(settings: Settings) -> Self {
+        let client = TikTokClient::new(&settings);
+        Self { settings, client }
+    }
+}
+
+impl Adapter for TikTokAdapter {
+    type Prepared = Value;
+
+    fn destination(&self) -> Destination {
+        DESTINATION
+    }
+
+    fn max_batch(&self) -> usize {
+        self.settings.max_batch
+    }
+
+    fn prepare(&self, envelope: &Envelope) -> Prepared<Value> {
+        let mapping = self.settings.mappings.get(envelope.event.name());
+        match payload::build(envelope, mapping, self.settings.consent, chrono::Utc::now()) {
+            Ok(event) => Prepared::Send(event),
+            Err(Skip::Consent) => Prepared::Done(Outcome::BlockedConsent),
+            Err(Skip::Unmapped) => Prepared::Done(Outcome::Unmapped),
+            Err(Skip::Expired) => Prepared::Done(Outcome::Expired),
+            Err(Skip::Invalid(reason)) => {
+                Prepared::Done(Outcome::Permanent(Failure::new("invalid_event", reason)))
+            }
+        }
+    }
+
+    async fn send(&self, items: Vec<Item<Value>>) -> Vec<Outcome> {
+        let traceparent = items.first().and_then(|i| i.traceparent.clone());
+        let events: Vec<Value> = items.into_iter().map(|i| i.prepared).collect();
+        if self.settings.dry_run {
+            return events
+                .iter()
+                .map(|e| Outcome::DryRun {
+                    payload: self.client.body(&[payload::redacted(e)]),
+                })
+                .collect();
+        }
+        let traceparent = traceparent.as_deref();
+        bisect::send_isolating(&events, |batch| self.client.post(batch, traceparent)).await
+    }
+
+    async fn probe(&self) -> bool {
+        self.settings.dry_run || self.client.probe().await
+    }
+}
