@@ -430,7 +430,7 @@ impl Broker {
         .await;
     }
 
-    /// The four work queues.
+    /// Every registered destination's work queue.
     pub fn work_queues(&self) -> Vec<String> {
         leadpipe_registry::REGISTRY
             .destinations()
@@ -964,7 +964,7 @@ impl Pipeline {
             runtime: self.runtime_settings(opts),
             base_url: self.meta.base_url.clone(),
             api_version: "v25.0".into(),
-            pixel_id: Some("1234567890".into()),
+            pixel_id: Some(fake_meta::PIXEL_ID.into()),
             access_token: Some(SecretString::from(opts.token.clone())),
             test_event_code: None,
             dry_run: opts.dry_run,

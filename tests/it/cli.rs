@@ -315,3 +315,89 @@ async fn thirty_inspections_spend_no_delivery_attempt_and_a_replay_then_finds_ev
     assert_eq!(moved_ids, ids);
     p.cleanup().await;
 }
+
+#[tokio::test]
+async fn destinations_lists_the_enabled_ones_with_what_each_lacks_to_send() {
+    let bin = bin_path("leadpipe");
+    let run = |env: &[(&str, &str)]| {
+        let mut command = std::process::Command::new(&bin);
+        command.arg("destinations");
+        for v in [
+            "LEADPIPE_DESTINATIONS",
+            "META_PIXEL_ID",
+            "META_ACCESS_TOKEN",
+        ] {
+            command.env_remove(v);
+        }
+        for var in leadpipe_registry::REGISTRY
+            .all()
+            .iter()
+            .flat_map(|r| (r.missing_credentials)())
+        {
+            command.env_remove(var);
+        }
+        command.envs(env.iter().copied());
+        let out = command.output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+
+    // Every registered destination by default, each with its service, port and gaps.
+    let (ok, all, _) = run(&[]);
+    assert!(ok);
+    let lines: Vec<&str> = all.lines().collect();
+    assert_eq!(
+        lines.len(),
+        leadpipe_registry::REGISTRY.all().len(),
+        "{all}"
+    );
+    assert!(
+        lines.contains(&"meta meta-sender 9101 META_PIXEL_ID,META_ACCESS_TOKEN"),
+        "{all}"
+    );
+
+    // A subset, one of them with its credentials: nothing missing there.
+    let (ok, some, _) = run(&[
+        ("LEADPIPE_DESTINATIONS", "meta,crm"),
+        ("META_PIXEL_ID", "1"),
+        ("META_ACCESS_TOKEN", "t"),
+    ]);
+    assert!(ok);
+    assert_eq!(
+        some.lines().collect::<Vec<_>>(),
+        [
+            "meta meta-sender 9101 -",
+            "crm crm-writer 9104 CRM_WEBHOOK_URL,CRM_WEBHOOK_SECRET"
+        ]
+    );
+
+    // A conversion action in the mapping stands in for GOOGLE_ADS_CONVERSION_ACTION_ID.
+    let mapping = std::env::temp_dir().join(format!("leadpipe-dest-{}.toml", std::process::id()));
+    std::fs::write(
+        &mapping,
+        "[events.won.google_ads]\nkind = \"click_conversion\"\nconversion_action_id = \"987654321\"\n",
+    )
+    .unwrap();
+    let (ok, google, err) = run(&[
+        ("LEADPIPE_DESTINATIONS", "google_ads"),
+        ("LEADPIPE_CONFIG", mapping.to_str().unwrap()),
+    ]);
+    let _ = std::fs::remove_file(&mapping);
+    assert!(ok, "{err}");
+    assert_eq!(
+        google.trim(),
+        "google_ads google-ads-sender 9103 GOOGLE_ADS_CUSTOMER_ID,GOOGLE_ADS_CLIENT_ID,\
+         GOOGLE_ADS_CLIENT_SECRET,GOOGLE_ADS_REFRESH_TOKEN"
+    );
+
+    // A name that is not registered is refused, naming the variable and the registered ones.
+    let (ok, _, err) = run(&[("LEADPIPE_DESTINATIONS", "meta,metta")]);
+    assert!(!ok);
+    assert!(
+        err.contains("LEADPIPE_DESTINATIONS") && err.contains("metta"),
+        "{err}"
+    );
+}

@@ -147,3 +147,22 @@ async fn a_sender_asked_for_dry_run_says_so_in_readyz_and_in_a_metric() {
     leadpipe_tests::sigterm_and_wait(&mut child).await;
     p.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_sender_whose_destination_is_not_enabled_refuses_to_start_with_exit_2() {
+    let p = leadpipe_tests::Pipeline::new().await;
+    let all = leadpipe_registry::REGISTRY.all();
+    for (i, r) in all.iter().enumerate() {
+        let other = all[(i + 1) % all.len()].name();
+        let mut child = p.spawn_destination_binary_with(
+            r.destination,
+            &[("LEADPIPE_DESTINATIONS", other.to_owned())],
+        );
+        let status = tokio::time::timeout(std::time::Duration::from_secs(30), child.wait())
+            .await
+            .expect("the sender exits")
+            .unwrap();
+        assert_eq!(status.code(), Some(2), "{}", r.service);
+    }
+    p.cleanup().await;
+}

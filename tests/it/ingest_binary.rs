@@ -151,3 +151,70 @@ async fn an_unsupported_otlp_protocol_is_named_at_start_up() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("OTEL_EXPORTER_OTLP_PROTOCOL"), "{stderr}");
 }
+
+#[tokio::test]
+async fn ingest_with_some_destinations_enabled_declares_only_their_queues_and_says_which() {
+    // Arrange: only meta and crm enabled.
+    let namespace = unique_namespace("d");
+    let port = free_port();
+    let mut child = tokio::process::Command::new(bin_path("ingest"))
+        .env("LEADPIPE_SOURCES", repo_file("config/sources.toml"))
+        .env("LEADPIPE_CONFIG", repo_file("config/leadpipe.toml"))
+        .env("SITE_WIDGET_SECRET", "dev-secret")
+        .env("LEADPIPE_NAMESPACE", &namespace)
+        .env("LEADPIPE_DESTINATIONS", "crm, meta")
+        .env("INGEST_ADDR", format!("127.0.0.1:{port}"))
+        .env("LOG_FORMAT", "json")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let ready = eventually(Duration::from_secs(20), || async {
+        reqwest::get(format!("http://127.0.0.1:{port}/readyz"))
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    assert!(ready, "ingest never became ready");
+
+    // Assert: the enabled queues exist, the others do not.
+    let names = Names::new(namespace.clone());
+    let broker = Broker::connect(names.clone()).await;
+    for d in leadpipe_registry::REGISTRY.destinations() {
+        let conn = leadpipe_bus::connect(&leadpipe_tests::amqp_url(), "test")
+            .await
+            .unwrap();
+        let channel = conn.create_channel().await.unwrap();
+        let exists = leadpipe_bus::topology::queue_depth(&channel, &names.work_queue(d))
+            .await
+            .is_ok();
+        let enabled = ["meta", "crm"].contains(&d.as_str());
+        assert_eq!(exists, enabled, "{}", d.as_str());
+        let _ = conn.close(200, "done".into()).await;
+    }
+
+    // Assert: the start-up log names them, in queue order.
+    let status = leadpipe_tests::sigterm_and_wait(&mut child).await;
+    assert!(status.success());
+    let out = child.wait_with_output().await.unwrap();
+    let logs = String::from_utf8_lossy(&out.stdout);
+    assert!(logs.contains(r#""destinations":"meta,crm""#), "{logs}");
+    broker.delete().await;
+
+    // A name that is not registered stops ingest at start-up, naming the variable.
+    let out = tokio::process::Command::new(bin_path("ingest"))
+        .env("LEADPIPE_SOURCES", repo_file("config/sources.toml"))
+        .env("SITE_WIDGET_SECRET", "dev-secret")
+        .env("LEADPIPE_DESTINATIONS", "meta,snapchat")
+        .env("INGEST_ADDR", format!("127.0.0.1:{}", free_port()))
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("LEADPIPE_DESTINATIONS") && stderr.contains("\"snapchat\""),
+        "{stderr}"
+    );
+}

@@ -100,7 +100,10 @@ fn refund_of(won: &Value, i: usize) -> Value {
 
 /// Whether the shipped mapping routes `name` to `destination`.
 pub fn routed(name: &str, destination: Destination) -> bool {
-    crate::shipped_mapping()
+    // Parsed once: the checks ask for every accepted event at every destination.
+    static SHIPPED: std::sync::LazyLock<leadpipe_config::mapping::MappingConfig> =
+        std::sync::LazyLock::new(crate::shipped_mapping);
+    SHIPPED
         .sections(destination.as_str())
         .any(|(n, _)| n == name)
 }

@@ -281,18 +281,10 @@ impl Settings {
         Ok(settings)
     }
 
-    /// The variables missing to write for real, for the DRY_RUN notice.
+    /// The variables missing to send for real (for the DRY_RUN notice and the refusal to
+    /// start): what the registration reports, read from the same environment.
     pub fn missing(&self) -> Vec<&'static str> {
-        match &self.kind {
-            CrmKind::Webhook { url } => leadpipe_config::error::missing(&[
-                ("CRM_WEBHOOK_URL", url.is_none()),
-                ("CRM_WEBHOOK_SECRET", self.webhook_secret.is_none()),
-            ]),
-            CrmKind::HubSpot { .. } => leadpipe_config::error::missing(&[(
-                "HUBSPOT_ACCESS_TOKEN",
-                self.hubspot_token.is_none(),
-            )]),
-        }
+        (crate::REGISTRATION.missing_credentials)()
     }
 }
 

@@ -299,12 +299,10 @@ impl Settings {
         Ok(settings)
     }
 
-    /// The variables missing to send for real (for the DRY_RUN notice).
+    /// The variables missing to send for real (for the DRY_RUN notice and the refusal to
+    /// start): what the registration reports, read from the same environment.
     pub fn missing(&self) -> Vec<&'static str> {
-        leadpipe_config::error::missing(&[
-            ("GA4_MEASUREMENT_ID", self.measurement_id.is_none()),
-            ("GA4_API_SECRET", self.api_secret.is_none()),
-        ])
+        (crate::REGISTRATION.missing_credentials)()
     }
 }
 

@@ -29,7 +29,7 @@ use leadpipe_events::Envelope;
 
 use crate::cfg::{MAX_EVENTS_PER_REQUEST, Settings};
 use crate::client::{Ga4Client, ValidationMessage};
-use crate::payload::{Ga4Event, Skip};
+use crate::payload::Ga4Event;
 
 /// The destination's name in queue names, metrics labels and the delivery log.
 pub const DESTINATION: Destination = Destination::new("ga4");
@@ -204,15 +204,7 @@ impl Adapter for Ga4Adapter {
             consent: self.settings.consent,
             engagement_time_msec: self.settings.engagement_time_msec,
         };
-        match payload::build(envelope, mapping, opts, chrono::Utc::now()) {
-            Ok(event) => Prepared::Send(event),
-            Err(Skip::Consent) => Prepared::Done(Outcome::BlockedConsent),
-            Err(Skip::Unmapped) => Prepared::Done(Outcome::Unmapped),
-            Err(Skip::Expired) => Prepared::Done(Outcome::Expired),
-            Err(Skip::Invalid(reason)) => {
-                Prepared::Done(Outcome::Permanent(Failure::new("invalid_event", reason)))
-            }
-        }
+        Prepared::from_build(payload::build(envelope, mapping, opts, chrono::Utc::now()))
     }
 
     async fn send(&self, items: Vec<Item<Ga4Event>>) -> Vec<Outcome> {

@@ -31,18 +31,7 @@ pub struct Ga4Event {
     pub json: String,
 }
 
-/// Why an event is not sent.
-#[derive(Debug, PartialEq)]
-pub enum Skip {
-    /// Analytics consent denied.
-    Consent,
-    /// No ga4 mapping for the event name.
-    Unmapped,
-    /// Older than GA4 accepts.
-    Expired,
-    /// GA4 would drop it: the reason, without PII.
-    Invalid(String),
-}
+pub use leadpipe_consumer::Skip;
 
 /// What decides the head and the parameters besides the event.
 #[derive(Debug, Clone, Copy)]
@@ -69,7 +58,7 @@ pub fn build(
     let mapping = mapping.ok_or(Skip::Unmapped)?;
     let occurred = ev
         .occurred_at_utc()
-        .ok_or_else(|| Skip::Invalid("occurred_at is not a timestamp".into()))?;
+        .ok_or_else(|| Skip::invalid("occurred_at is not a timestamp".into()))?;
     if now - occurred > MAX_AGE {
         return Err(Skip::Expired);
     }
@@ -235,14 +224,14 @@ fn params(
         let currency = ev
             .currency
             .as_deref()
-            .ok_or_else(|| Skip::Invalid("value without currency".into()))?;
+            .ok_or_else(|| Skip::invalid("value without currency".into()))?;
         p.insert("value".into(), json!(value));
         p.insert("currency".into(), json!(currency));
     }
     if let Some(order) = ev.order_id.as_deref() {
         p.insert("transaction_id".into(), json!(truncate(order)));
     } else if matches!(mapping.event_name.as_str(), "purchase" | "refund") {
-        return Err(Skip::Invalid(format!(
+        return Err(Skip::invalid(format!(
             "{} needs transaction_id (order_id)",
             mapping.event_name
         )));

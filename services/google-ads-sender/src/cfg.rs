@@ -112,6 +112,27 @@ pub fn customer_digits(key: &str, raw: &str) -> Result<String, ConfigError> {
     }
 }
 
+/// The variables missing to send for real, read from the environment and the mapping config
+/// without building the settings (for `leadpipe destinations` and `make run`). As
+/// [`Settings::missing`]: a conversion action named in every mapping section makes
+/// `GOOGLE_ADS_CONVERSION_ACTION_ID` unnecessary.
+pub fn missing_from_env() -> Vec<&'static str> {
+    let default_action = env::optional("GOOGLE_ADS_CONVERSION_ACTION_ID");
+    let action_everywhere = MappingConfig::from_env()
+        .and_then(|cfg| google_ads_mappings(&cfg, default_action.as_deref()))
+        .is_ok_and(|ms| ms.values().all(|m| m.conversion_action_id.is_some()));
+    let mut out = leadpipe_config::error::missing_from_env(&[
+        "GOOGLE_ADS_CUSTOMER_ID",
+        "GOOGLE_ADS_CLIENT_ID",
+        "GOOGLE_ADS_CLIENT_SECRET",
+        "GOOGLE_ADS_REFRESH_TOKEN",
+    ]);
+    if !action_everywhere {
+        out.push("GOOGLE_ADS_CONVERSION_ACTION_ID");
+    }
+    out
+}
+
 /// Reads the `google_ads` sections of the mapping config, naming any bad key.
 /// `default_action`: `GOOGLE_ADS_CONVERSION_ACTION_ID`, for sections that name none.
 pub fn google_ads_mappings(

@@ -33,7 +33,7 @@ use leadpipe_events::Envelope;
 
 use crate::cfg::{MAX_EVENTS_PER_REQUEST, Settings};
 use crate::client::{GoogleClient, IngestResult, Upload};
-use crate::payload::{Context, GoogleEvent, Skip};
+use crate::payload::{Context, GoogleEvent};
 
 /// The destination's name in queue names, metrics labels and the delivery log.
 pub const DESTINATION: Destination = Destination::new("google_ads");
@@ -47,15 +47,7 @@ pub static REGISTRATION: Registration = Registration {
     metrics_port: 9103,
     acceptance_window: payload::acceptance_window,
     check_mapping: |cfg| cfg::google_ads_mappings(cfg, None).map(|_| ()),
-    missing_credentials: || {
-        leadpipe_config::error::missing_from_env(&[
-            "GOOGLE_ADS_CUSTOMER_ID",
-            "GOOGLE_ADS_CLIENT_ID",
-            "GOOGLE_ADS_CLIENT_SECRET",
-            "GOOGLE_ADS_REFRESH_TOKEN",
-            "GOOGLE_ADS_CONVERSION_ACTION_ID",
-        ])
-    },
+    missing_credentials: cfg::missing_from_env,
 };
 
 /// Events of one request family and conversion action: ((family, action id), members by
@@ -155,15 +147,7 @@ impl Adapter for GoogleAdsAdapter {
             consent: self.settings.consent,
             now: chrono::Utc::now(),
         };
-        match payload::build(envelope, mapping, cx) {
-            Ok(event) => Prepared::Send(event),
-            Err(Skip::Consent) => Prepared::Done(Outcome::BlockedConsent),
-            Err(Skip::Unmapped) => Prepared::Done(Outcome::Unmapped),
-            Err(Skip::Expired) => Prepared::Done(Outcome::Expired),
-            Err(Skip::Invalid(code, reason)) => {
-                Prepared::Done(Outcome::Permanent(Failure::new(code, reason)))
-            }
-        }
+        Prepared::from_build(payload::build(envelope, mapping, cx))
     }
 
     async fn send(&self, items: Vec<Item<GoogleEvent>>) -> Vec<Outcome> {

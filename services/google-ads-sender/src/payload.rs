@@ -70,18 +70,7 @@ impl GoogleEvent {
     }
 }
 
-/// Why an event is not sent.
-#[derive(Debug, PartialEq)]
-pub enum Skip {
-    /// Ad consent denied (or unknown under the strict policy).
-    Consent,
-    /// No google_ads mapping for the event name.
-    Unmapped,
-    /// Older than Google Ads accepts.
-    Expired,
-    /// Google would refuse it: the reason, without PII.
-    Invalid(&'static str, String),
-}
+pub use leadpipe_consumer::Skip;
 
 /// What the builder needs besides the event.
 #[derive(Debug, Clone, Copy)]

@@ -53,9 +53,7 @@ impl Application {
         let names: Vec<&str> = settings.destinations.iter().map(|d| d.as_str()).collect();
         tracing::info!(
             destinations = %names.join(","),
-            "publishing to {} destination(s): {} (LEADPIPE_DESTINATIONS)",
-            names.len(),
-            names.join(", ")
+            "publishing to the enabled destinations (LEADPIPE_DESTINATIONS)"
         );
         let mut publisher_settings = PublisherSettings::new(
             settings.amqp.url.clone(),

@@ -44,10 +44,7 @@ fn message_id(d: &Delivery) -> String {
 
 /// Parses a destination argument, naming the valid ones.
 pub(crate) fn destination(s: &str) -> anyhow::Result<Destination> {
-    REGISTRY
-        .parse(s)
-        .map(|r| r.destination)
-        .ok_or_else(|| anyhow::anyhow!("unknown destination {s:?}: use {}", REGISTRY.names()))
+    Ok(REGISTRY.parse_named("destination", s)?.destination)
 }
 
 /// Reads up to the queue's current depth of messages; the caller acks or drops the channel.

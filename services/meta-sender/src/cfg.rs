@@ -121,12 +121,10 @@ pub fn meta_mappings(cfg: &MappingConfig) -> Result<HashMap<String, MetaMapping>
 }
 
 impl Settings {
-    /// The variables missing to send for real (for the DRY_RUN notice).
+    /// The variables missing to send for real (for the DRY_RUN notice and the refusal to
+    /// start): what the registration reports, read from the same environment.
     pub fn missing(&self) -> Vec<&'static str> {
-        leadpipe_config::error::missing(&[
-            ("META_PIXEL_ID", self.pixel_id.is_none()),
-            ("META_ACCESS_TOKEN", self.access_token.is_none()),
-        ])
+        (crate::REGISTRATION.missing_credentials)()
     }
 
     /// Reads the environment and the mapping config.

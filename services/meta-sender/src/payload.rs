@@ -15,18 +15,7 @@ pub const MAX_AGE: chrono::Duration = chrono::Duration::minutes(7 * 24 * 60 - 1)
 /// Keys of `user_data` sent in clear; redacted from what DRY_RUN records.
 pub const PLAIN_USER_DATA: [&str; 4] = ["client_ip_address", "client_user_agent", "fbc", "fbp"];
 
-/// Why an event is not sent.
-#[derive(Debug, PartialEq)]
-pub enum Skip {
-    /// Ad consent denied (or unknown under the strict policy).
-    Consent,
-    /// No meta mapping for the event name.
-    Unmapped,
-    /// Older than Meta accepts.
-    Expired,
-    /// Meta would reject it: the reason, without PII.
-    Invalid(String),
-}
+pub use leadpipe_consumer::Skip;
 
 /// Builds the Meta event for `env`, or says why it is not sent.
 pub fn build(
@@ -42,7 +31,7 @@ pub fn build(
     let mapping = mapping.ok_or(Skip::Unmapped)?;
     let occurred = ev
         .occurred_at_utc()
-        .ok_or_else(|| Skip::Invalid("occurred_at is not a timestamp".into()))?;
+        .ok_or_else(|| Skip::invalid("occurred_at is not a timestamp".into()))?;
     if now - occurred > MAX_AGE {
         return Err(Skip::Expired);
     }
@@ -51,7 +40,7 @@ pub fn build(
 
     let user_data = user_data(ev, occurred);
     if user_data.is_empty() {
-        return Err(Skip::Invalid(
+        return Err(Skip::invalid(
             "no customer information parameter to match on".into(),
         ));
     }
@@ -63,7 +52,7 @@ pub fn build(
     if mapping.action_source == "website"
         && (source_url.is_none() || !user_data.contains_key("client_user_agent"))
     {
-        return Err(Skip::Invalid(
+        return Err(Skip::invalid(
             "action_source website needs event_source_url and client_user_agent".into(),
         ));
     }
@@ -84,7 +73,7 @@ pub fn build(
     if mapping.event_name == "Purchase"
         && !(custom.contains_key("value") && custom.contains_key("currency"))
     {
-        return Err(Skip::Invalid("Purchase needs value and currency".into()));
+        return Err(Skip::invalid("Purchase needs value and currency".into()));
     }
     if !custom.is_empty() {
         event["custom_data"] = Value::Object(custom);

@@ -69,12 +69,10 @@ pub fn tiktok_mappings(cfg: &MappingConfig) -> Result<HashMap<String, TikTokMapp
 }
 
 impl Settings {
-    /// The variables missing to send for real (for the DRY_RUN notice).
+    /// The variables missing to send for real (for the DRY_RUN notice and the refusal to
+    /// start): what the registration reports, read from the same environment.
     pub fn missing(&self) -> Vec<&'static str> {
-        leadpipe_config::error::missing(&[
-            ("TIKTOK_PIXEL_CODE", self.pixel_code.is_none()),
-            ("TIKTOK_ACCESS_TOKEN", self.access_token.is_none()),
-        ])
+        (crate::REGISTRATION.missing_credentials)()
     }
 
     /// Reads the environment and the mapping config.

@@ -79,8 +79,8 @@ impl TikTokClient {
 
     /// Whether TikTok takes this token and pixel again. The Events API has no read of a pixel,
     /// so the probe posts a request with no events: TikTok answers a bad token or pixel with
-    /// its auth or permission code, and a good one with a parameter error about the empty
-    /// `data` (or 0). Nothing is recorded by TikTok either way.
+    /// its auth or permission code (still paused), and a good one with a parameter error
+    /// about the empty `data` (or 0), which carries no event to record.
     pub async fn probe(&self) -> bool {
         let result = self
             .http

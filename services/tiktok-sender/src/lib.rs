@@ -21,12 +21,11 @@ pub mod payload;
 use serde_json::Value;
 
 use leadpipe_bus::Destination;
-use leadpipe_consumer::{Adapter, Failure, Item, Outcome, Prepared, Registration, bisect};
+use leadpipe_consumer::{Adapter, Item, Outcome, Prepared, Registration, bisect};
 use leadpipe_events::Envelope;
 
 use crate::cfg::Settings;
 use crate::client::TikTokClient;
-use crate::payload::Skip;
 
 /// The destination's name in queue names, metrics labels and the delivery log.
 pub const DESTINATION: Destination = Destination::new("tiktok");
@@ -72,15 +71,12 @@ impl Adapter for TikTokAdapter {
 
     fn prepare(&self, envelope: &Envelope) -> Prepared<Value> {
         let mapping = self.settings.mappings.get(envelope.event.name());
-        match payload::build(envelope, mapping, self.settings.consent, chrono::Utc::now()) {
-            Ok(event) => Prepared::Send(event),
-            Err(Skip::Consent) => Prepared::Done(Outcome::BlockedConsent),
-            Err(Skip::Unmapped) => Prepared::Done(Outcome::Unmapped),
-            Err(Skip::Expired) => Prepared::Done(Outcome::Expired),
-            Err(Skip::Invalid(reason)) => {
-                Prepared::Done(Outcome::Permanent(Failure::new("invalid_event", reason)))
-            }
-        }
+        Prepared::from_build(payload::build(
+            envelope,
+            mapping,
+            self.settings.consent,
+            chrono::Utc::now(),
+        ))
     }
 
     async fn send(&self, items: Vec<Item<Value>>) -> Vec<Outcome> {

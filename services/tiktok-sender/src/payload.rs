@@ -30,18 +30,7 @@ pub const CURRENCIES: [&str; 62] = [
 /// Keys of `user` sent in clear; redacted from what DRY_RUN records.
 pub const PLAIN_USER: [&str; 4] = ["ttclid", "ttp", "ip", "user_agent"];
 
-/// Why an event is not sent.
-#[derive(Debug, PartialEq)]
-pub enum Skip {
-    /// Ad consent denied (or unknown under the strict policy).
-    Consent,
-    /// No tiktok mapping for the event name.
-    Unmapped,
-    /// Older than TikTok can dedupe a resend.
-    Expired,
-    /// TikTok would reject it: the reason, without PII.
-    Invalid(String),
-}
+pub use leadpipe_consumer::Skip;
 
 /// TikTok's hashing of matching keys (§2.3, §7).
 pub mod hash {
@@ -78,13 +67,13 @@ pub fn build(
     let mapping = mapping.ok_or(Skip::Unmapped)?;
     let occurred = ev
         .occurred_at_utc()
-        .ok_or_else(|| Skip::Invalid("occurred_at is not a timestamp".into()))?;
+        .ok_or_else(|| Skip::invalid("occurred_at is not a timestamp".into()))?;
     if now - occurred > MAX_AGE {
         return Err(Skip::Expired);
     }
     let user = user(ev);
     if user.is_empty() {
-        return Err(Skip::Invalid(
+        return Err(Skip::invalid(
             "no customer information parameter to match on".into(),
         ));
     }
@@ -107,7 +96,7 @@ pub fn build(
             .iter()
             .all(|k| properties.contains_key(*k))
     {
-        return Err(Skip::Invalid(
+        return Err(Skip::invalid(
             "Purchase needs value, currency and order_id".into(),
         ));
     }
@@ -222,14 +211,14 @@ fn properties(ev: &LeadEvent) -> Result<Map<String, Value>, Skip> {
     let mut p = Map::new();
     if let Some(v) = ev.value {
         if !(v.is_finite() && v >= 0.0) {
-            return Err(Skip::Invalid("value must be a number ≥ 0".into()));
+            return Err(Skip::invalid("value must be a number ≥ 0".into()));
         }
         p.insert("value".into(), json!(v));
     }
     if let Some(cur) = &ev.currency {
         let cur = cur.to_ascii_uppercase();
         if !CURRENCIES.contains(&cur.as_str()) {
-            return Err(Skip::Invalid(format!(
+            return Err(Skip::invalid(format!(
                 "currency {cur} is not one TikTok accepts"
             )));
         }

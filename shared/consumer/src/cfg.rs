@@ -80,7 +80,7 @@ impl RuntimeSettings {
     /// Reads the variables for `registration` (its default metrics port); refuses a
     /// destination that `LEADPIPE_DESTINATIONS` does not enable.
     pub fn from_env(registration: &Registration) -> Result<Self, ConfigError> {
-        crate::registry::enabled_by_env(registration.destination)?;
+        crate::registry::enabled_by_env(registration)?;
         let mut s = Self::defaults(
             AmqpSettings::from_env()?,
             DatabaseSettings::from_env(),

@@ -53,7 +53,7 @@ use leadpipe_bus::{Names, Publisher, PublisherSettings};
 
 pub use adapter::{Adapter, Item};
 pub use cfg::RuntimeSettings;
-pub use outcome::{Failure, Outcome, Prepared};
+pub use outcome::{Failure, Outcome, Prepared, Skip};
 pub use registry::{Registration, Registry};
 
 use worker::{Flow, Shared};

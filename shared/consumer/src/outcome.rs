@@ -119,3 +119,64 @@ pub enum Prepared<T> {
     /// Decided without a request (consent, unmapped, expired, invalid).
     Done(Outcome),
 }
+
+impl<T> Prepared<T> {
+    /// What a destination's payload builder decided: its payload to send, or the outcome of
+    /// the reason it sends nothing.
+    pub fn from_build(built: Result<T, Skip>) -> Self {
+        match built {
+            Ok(payload) => Self::Send(payload),
+            Err(Skip::Consent) => Self::Done(Outcome::BlockedConsent),
+            Err(Skip::Unmapped) => Self::Done(Outcome::Unmapped),
+            Err(Skip::Expired) => Self::Done(Outcome::Expired),
+            Err(Skip::Invalid(code, reason)) => {
+                Self::Done(Outcome::Permanent(Failure::new(code, reason)))
+            }
+        }
+    }
+}
+
+/// Why a destination sends nothing for an event, decided before any request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Skip {
+    /// The consent the destination needs is denied (or unknown under the strict policy).
+    Consent,
+    /// No mapping section for the event name at this destination.
+    Unmapped,
+    /// Older than the destination accepts (or can dedupe).
+    Expired,
+    /// The destination would refuse it: a code and the reason, without PII.
+    Invalid(&'static str, String),
+}
+
+impl Skip {
+    /// [`Skip::Invalid`] with the code `invalid_event`.
+    pub fn invalid(reason: String) -> Self {
+        Self::Invalid("invalid_event", reason)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_skip_becomes_the_outcome_of_its_reason() {
+        let done = |skip: Skip| match Prepared::<()>::from_build(Err(skip)) {
+            Prepared::Done(outcome) => outcome,
+            Prepared::Send(()) => panic!("a skip is never sent"),
+        };
+        assert_eq!(done(Skip::Consent), Outcome::BlockedConsent);
+        assert_eq!(done(Skip::Unmapped), Outcome::Unmapped);
+        assert_eq!(done(Skip::Expired), Outcome::Expired);
+        assert_eq!(
+            done(Skip::invalid("Purchase needs value".into())),
+            Outcome::Permanent(Failure::new("invalid_event", "Purchase needs value"))
+        );
+        assert_eq!(
+            done(Skip::Invalid("no_identifiers", "nothing to match".into())),
+            Outcome::Permanent(Failure::new("no_identifiers", "nothing to match"))
+        );
+        assert!(matches!(Prepared::from_build(Ok(7)), Prepared::Send(7)));
+    }
+}

@@ -24,8 +24,8 @@ pub struct Registration {
     pub title: &'static str,
     /// Default port of the sender's `/metrics`, `/healthz` and `/readyz`.
     pub metrics_port: u16,
-    /// How old an event the destination still takes (`None`: any age): the CLI's replay
-    /// refusal and the sender's `expired` decision use it.
+    /// How old an event the destination still takes (`None`: any age), from the same
+    /// constants the sender's own `expired` decision uses: the CLI's replay refusal reads it.
     pub acceptance_window: fn(&Envelope) -> Option<chrono::Duration>,
     /// Reads the destination's sections of the mapping config into its typed mapping,
     /// naming the key that is wrong.
@@ -94,15 +94,19 @@ impl Registry {
         what: &str,
         name: &str,
     ) -> Result<&'static Registration, ConfigError> {
-        self.parse(name).ok_or_else(|| {
-            ConfigError::invalid(
-                what,
-                format!(
-                    "{name:?} is not a registered destination (one of {})",
-                    self.names()
-                ),
-            )
-        })
+        self.parse(name)
+            .ok_or_else(|| self.not_registered(what, name))
+    }
+
+    /// The error for `name` at `key`: not a registered destination, listing those that are.
+    fn not_registered(&self, key: impl Into<String>, name: &str) -> ConfigError {
+        ConfigError::invalid(
+            key,
+            format!(
+                "{name:?} is not a registered destination (one of {})",
+                self.names()
+            ),
+        )
     }
 
     /// The enabled destinations: `LEADPIPE_DESTINATIONS` (comma-separated names), or every
@@ -138,14 +142,9 @@ impl Registry {
     /// registered destination's sections read into its typed mapping.
     pub fn check_mapping(&self, cfg: &MappingConfig) -> Result<(), ConfigError> {
         for (name, key) in cfg.destination_names() {
+            // Sections use the name itself, never an alias.
             if self.parse(&name).is_none_or(|r| r.name() != name) {
-                return Err(ConfigError::invalid(
-                    key,
-                    format!(
-                        "{name:?} is not a registered destination (one of {})",
-                        self.names()
-                    ),
-                ));
+                return Err(self.not_registered(key, &name));
             }
         }
         for r in self.0 {
@@ -155,16 +154,25 @@ impl Registry {
     }
 }
 
-/// Whether `destination` may run: `LEADPIPE_DESTINATIONS` is unset or names it. A sender
+/// Whether a `LEADPIPE_DESTINATIONS` value names `registration` (by its name or an alias, as
+/// [`Registry::enabled`] reads it).
+fn enables(list: &str, registration: &Registration) -> bool {
+    list.split(',')
+        .map(str::trim)
+        .any(|n| n == registration.name() || registration.aliases.contains(&n))
+}
+
+/// Whether `registration`'s sender may run: `LEADPIPE_DESTINATIONS` is unset or names it. A sender
 /// reads only names here (it does not know the other destinations); ingest and the CLI check
 /// the whole list against the registry.
-pub fn enabled_by_env(destination: Destination) -> Result<(), ConfigError> {
+pub fn enabled_by_env(registration: &Registration) -> Result<(), ConfigError> {
     let Some(list) = env::optional(DESTINATIONS_VARIABLE) else {
         return Ok(());
     };
-    if list.split(',').any(|n| n.trim() == destination.as_str()) {
+    if enables(&list, registration) {
         Ok(())
     } else {
+        let destination = registration.destination;
         Err(ConfigError::invalid(
             DESTINATIONS_VARIABLE,
             format!(
@@ -229,6 +237,22 @@ mod tests {
             "{err}"
         );
         assert!(REGISTRY.enabled(Some("one,,two")).is_err());
+    }
+
+    #[test]
+    fn a_sender_is_enabled_by_its_name_or_an_alias_as_ingest_reads_the_list() {
+        for (list, enabled) in [
+            ("one", true),
+            (" two , uno ", true),
+            ("two", false),
+            ("ones", false),
+        ] {
+            assert_eq!(enables(list, &ONE), enabled, "{list:?}");
+            let by_registry = REGISTRY
+                .enabled(Some(list))
+                .is_ok_and(|v| v.iter().any(|r| r.name() == "one"));
+            assert_eq!(by_registry, enabled, "{list:?}");
+        }
     }
 
     #[test]
