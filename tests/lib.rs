@@ -828,7 +828,7 @@ pub struct TestSender {
     /// `http://<metrics addr>`.
     pub base: String,
     shutdown: CancellationToken,
-    handle: tokio::task::JoinHandle<anyhow::Result<()>>,
+    handle: tokio::task::JoinHandle<Result<(), leadpipe_consumer::RuntimeError>>,
 }
 
 impl TestSender {

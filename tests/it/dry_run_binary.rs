@@ -149,20 +149,53 @@ async fn a_sender_asked_for_dry_run_says_so_in_readyz_and_in_a_metric() {
 }
 
 #[tokio::test]
-async fn a_sender_whose_destination_is_not_enabled_refuses_to_start_with_exit_2() {
-    let p = leadpipe_tests::Pipeline::new().await;
+async fn a_sender_whose_destination_is_not_enabled_refuses_to_start_naming_the_variable() {
+    let p = Pipeline::new().await;
     let all = leadpipe_registry::REGISTRY.all();
     for (i, r) in all.iter().enumerate() {
         let other = all[(i + 1) % all.len()].name();
-        let mut child = p.spawn_destination_binary_with(
-            r.destination,
-            &[("LEADPIPE_DESTINATIONS", other.to_owned())],
+        let (code, stderr) = refused(
+            &p,
+            r.service,
+            &[("DRY_RUN", "true"), ("LEADPIPE_DESTINATIONS", other)],
+        )
+        .await;
+        assert_eq!(code, Some(2), "{}: {stderr}", r.service);
+        assert!(
+            stderr.contains("LEADPIPE_DESTINATIONS") && stderr.contains(r.name()),
+            "{}: {stderr}",
+            r.service
         );
-        let status = tokio::time::timeout(std::time::Duration::from_secs(30), child.wait())
-            .await
-            .expect("the sender exits")
-            .unwrap();
-        assert_eq!(status.code(), Some(2), "{}", r.service);
     }
+    p.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_sender_that_cannot_reach_its_database_or_bind_its_port_says_which() {
+    let p = Pipeline::new().await;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let (code, stderr) = refused(
+        &p,
+        "meta-sender",
+        &[("DRY_RUN", "true"), ("METRICS_ADDR", addr.as_str())],
+    )
+    .await;
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot listen on METRICS_ADDR {addr}")),
+        "{stderr}"
+    );
+    let (code, stderr) = refused(
+        &p,
+        "meta-sender",
+        &[
+            ("DRY_RUN", "true"),
+            ("DATABASE_URL", "postgres://postgres@127.0.0.1:1/leadpipe"),
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("connecting to DATABASE_URL"), "{stderr}");
     p.cleanup().await;
 }

@@ -80,3 +80,55 @@ async fn sigterm_drains_in_flight_work_and_exits_cleanly_losing_nothing() {
     sender.stop().await;
     p.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_dead_letter_is_logged_inside_the_batch_span_that_names_the_destination() {
+    // Arrange: one event Meta refuses for good, and the real binary logging JSON.
+    let p = Pipeline::new().await;
+    let mut bad = recent_lead("L-span");
+    bad["contact"]["email"] = serde_json::json!(leadpipe_tests::fake_meta::REJECTED_EMAIL);
+    let id = p.publish(&bad).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut command = tokio::process::Command::new(leadpipe_tests::bin_path("meta-sender"));
+    command
+        .env("AMQP_URL", leadpipe_tests::amqp_url())
+        .env("DATABASE_URL", &p.database_url)
+        .env("LEADPIPE_NAMESPACE", p.names.namespace())
+        .env("METRICS_ADDR", format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", "warn")
+        .env("LOG_FORMAT", "json")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true);
+    for (k, v) in p.fake(leadpipe_meta_sender::DESTINATION).sender_env() {
+        command.env(k, v);
+    }
+    let mut child = command.spawn().unwrap();
+
+    // Act
+    p.wait_status(&id, "dead_lettered", Duration::from_secs(30))
+        .await;
+    let status = leadpipe_tests::sigterm_and_wait(&mut child).await;
+    assert!(status.success());
+
+    // Assert: the warning carries the event id, inside the batch span naming the destination.
+    let out = child.wait_with_output().await.unwrap();
+    let logs = String::from_utf8_lossy(&out.stdout);
+    let line: serde_json::Value = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|l| l["message"] == "dead-lettered")
+        .unwrap_or_else(|| panic!("no dead-lettered line in {logs}"));
+    assert_eq!(line["event_id"], id.as_str(), "{line}");
+    assert_eq!(line["span"]["name"], "batch", "{line}");
+    assert_eq!(line["span"]["destination"], "meta", "{line}");
+    assert!(
+        !logs.contains(leadpipe_tests::fake_meta::REJECTED_EMAIL),
+        "PII in {logs}"
+    );
+    p.cleanup().await;
+}

@@ -56,8 +56,8 @@ impl TikTokClient {
         body
     }
 
-    /// Posts `events` as one request, with `traceparent` when given.
-    #[tracing::instrument(skip_all, fields(destination = "tiktok", events = events.len()))]
+    /// Posts `events` as one request, with `traceparent` when given (inside the runtime's
+    /// `send` span).
     pub async fn post(&self, events: &[Value], traceparent: Option<&str>) -> BatchResult {
         let mut request = self
             .http

@@ -8,6 +8,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod backoff;
 pub mod headers;
 pub mod names;
 pub mod publisher;

@@ -345,11 +345,17 @@ fn settle(inner: &Inner, confirm: lapin::Result<Confirmation>) -> Result<(), Pub
 }
 
 async fn supervise(inner: Arc<Inner>, shutdown: CancellationToken) {
-    let mut delay = inner.settings.min_reconnect_delay;
+    let reconnects = || {
+        crate::backoff::doubling(
+            inner.settings.min_reconnect_delay,
+            inner.settings.max_reconnect_delay,
+        )
+    };
+    let mut backoff = reconnects();
     loop {
-        match open(&inner).await {
+        let failed = match open(&inner).await {
             Ok((conn, channels)) => {
-                delay = inner.settings.min_reconnect_delay;
+                backoff = reconnects();
                 let mut events = conn.events_listener();
                 let mut lanes = Vec::with_capacity(channels.len());
                 for channel in &channels {
@@ -409,16 +415,18 @@ async fn supervise(inner: Arc<Inner>, shutdown: CancellationToken) {
                     return;
                 }
                 let _ = conn.close(320, "reconnecting".into()).await;
+                None
             }
-            Err(e) => {
-                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "cannot reach RabbitMQ");
-            }
+            Err(e) => Some(e),
+        };
+        let delay = backoff.next_wait();
+        if let Some(e) = failed {
+            tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "cannot reach RabbitMQ");
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(delay) => {}
         }
-        delay = (delay * 2).min(inner.settings.max_reconnect_delay);
     }
 }
 

@@ -12,6 +12,7 @@
 //! - [`store`]: idempotency claims and the delivery log.
 //! - [`retry`]: backoff with full jitter.
 //! - [`cfg`]: settings from the environment.
+//! - [`error`]: the runtime's public error.
 //! - [`metrics`]: the sender metric families.
 //! - [`registry`]: what leadpipe knows about each destination.
 //! - [`http`]: `Retry-After`, transport failures and plain status codes, for HTTP adapters.
@@ -23,6 +24,7 @@
 pub mod adapter;
 pub mod bisect;
 pub mod cfg;
+pub mod error;
 pub mod http;
 pub mod metrics;
 pub mod outcome;
@@ -39,7 +41,6 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::Context;
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
@@ -53,6 +54,7 @@ use leadpipe_bus::{Names, Publisher, PublisherSettings};
 
 pub use adapter::{Adapter, Item};
 pub use cfg::RuntimeSettings;
+pub use error::RuntimeError;
 pub use outcome::{Failure, Outcome, Prepared, Skip};
 pub use registry::{Registration, Registry};
 
@@ -74,18 +76,23 @@ impl<A: Adapter> Sender<A> {
         settings: RuntimeSettings,
         adapter: A,
         shutdown: CancellationToken,
-    ) -> anyhow::Result<Self> {
+    ) -> Result<Self, RuntimeError> {
         let destination = adapter.destination();
         let pool = leadpipe_db::connect(
             &settings.database.url,
             u32::try_from(settings.concurrency + 2).unwrap_or(8),
         )
         .await
-        .context("connecting to DATABASE_URL")?;
-        leadpipe_db::migrate(&pool).await?;
+        .map_err(RuntimeError::Database)?;
+        leadpipe_db::migrate(&pool)
+            .await
+            .map_err(RuntimeError::Migrate)?;
         let listener = TcpListener::bind(settings.metrics_addr)
             .await
-            .with_context(|| format!("cannot listen on METRICS_ADDR {}", settings.metrics_addr))?;
+            .map_err(|source| RuntimeError::MetricsAddr {
+                addr: settings.metrics_addr,
+                source,
+            })?;
         let names = Names::new(settings.amqp.namespace.clone());
         let publisher = Publisher::start(
             PublisherSettings {
@@ -113,7 +120,7 @@ impl<A: Adapter> Sender<A> {
         let (flow, _) = tokio::sync::watch::channel(Flow::Open);
         let metrics = metrics::Metrics::new(destination.as_str());
         metrics.dry_run.set(i64::from(settings.dry_run));
-        let first_wait = worker::first_probe_wait(&settings);
+        let probe_wait = worker::ProbeWait::first(&settings);
         let shared = Arc::new(Shared {
             metrics,
             adapter: Arc::new(adapter),
@@ -124,7 +131,7 @@ impl<A: Adapter> Sender<A> {
             flow,
             trial_taken: AtomicBool::new(false),
             pause_reason: Mutex::new(None),
-            probe_wait: Mutex::new(first_wait),
+            probe_wait: Mutex::new(probe_wait),
             consuming: AtomicUsize::new(0),
             failing_batches: AtomicU32::new(0),
         });
@@ -138,7 +145,7 @@ impl<A: Adapter> Sender<A> {
 
     /// Consumes until `shutdown` is cancelled, then stops taking deliveries, finishes the
     /// batches in hand (or returns them to the queue) and returns within [`SHUTDOWN_GRACE`].
-    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), RuntimeError> {
         let shared = self.shared;
         let destination = shared.adapter.destination();
         if !shared.publisher.wait_ready(Duration::from_secs(10)).await {

@@ -48,7 +48,7 @@ pub fn init(service: &'static str, default_filter: &str, format: LogFormat) {
                 fmt::layer()
                     .json()
                     .flatten_event(true)
-                    .with_current_span(false)
+                    .with_current_span(true)
                     .with_span_list(false),
             )
             .try_init(),
