@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use secrecy::SecretString;
+use serde::Deserialize;
 
 use leadpipe_config::mapping::MappingConfig;
 use leadpipe_config::{ConfigError, env};
@@ -204,27 +205,25 @@ fn default_fields() -> Vec<CrmField> {
 
 /// Reads the `crm` sections of the events, naming any bad key.
 pub fn crm_mappings(cfg: &MappingConfig) -> Result<HashMap<String, CrmMapping>, ConfigError> {
+    /// `[events.<name>.crm]` as written.
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Section {
+        lifecycle_stage: Option<String>,
+    }
+    let sections: HashMap<String, Section> = cfg.typed_sections(crate::DESTINATION.as_str())?;
     let mut out = HashMap::new();
-    for (name, t) in cfg.sections("crm") {
-        for k in t.keys() {
-            if k != "lifecycle_stage" {
-                return Err(ConfigError::invalid(
-                    format!("events.{name}.crm.{k}"),
-                    "is not a crm mapping key (lifecycle_stage)",
-                ));
-            }
-        }
-        let lifecycle_stage = match t.get("lifecycle_stage") {
-            None => None,
-            Some(toml::Value::String(s)) if !s.trim().is_empty() => Some(s.trim().to_owned()),
-            Some(_) => {
+    for (name, section) in sections {
+        let lifecycle_stage = match section.lifecycle_stage.map(|s| s.trim().to_owned()) {
+            Some(s) if s.is_empty() => {
                 return Err(ConfigError::invalid(
                     format!("events.{name}.crm.lifecycle_stage"),
                     "must be the stage's internal value, such as lead or customer",
                 ));
             }
+            stage => stage,
         };
-        out.insert(name.to_owned(), CrmMapping { lifecycle_stage });
+        out.insert(name, CrmMapping { lifecycle_stage });
     }
     Ok(out)
 }
@@ -324,6 +323,14 @@ mod tests {
             (
                 "[events.lead.crm]\nstage = \"lead\"\n",
                 "events.lead.crm.stage",
+            ),
+            (
+                "[events.lead.crm]\nlifecycle_stage = 3\n",
+                "events.lead.crm.lifecycle_stage",
+            ),
+            (
+                "[events.lead.crm]\nlifecycle_stage = \"\"\n",
+                "events.lead.crm.lifecycle_stage",
             ),
         ] {
             let cfg = MappingConfig::parse(text).unwrap();

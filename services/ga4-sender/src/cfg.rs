@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use secrecy::SecretString;
+use serde::Deserialize;
 
 pub use leadpipe_config::consent::ConsentPolicy;
 use leadpipe_config::mapping::MappingConfig;
@@ -145,22 +146,19 @@ pub struct Settings {
 
 /// Reads the `ga4` sections of the mapping config, naming any bad key or name.
 pub fn ga4_mappings(cfg: &MappingConfig) -> Result<HashMap<String, Ga4Mapping>, ConfigError> {
+    /// `[events.<name>.ga4]` as written; checked into a [`Ga4Mapping`] below.
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Section {
+        event_name: String,
+        #[serde(default)]
+        params: BTreeMap<String, String>,
+    }
+    let sections: HashMap<String, Section> = cfg.typed_sections(crate::DESTINATION.as_str())?;
     let mut out = HashMap::new();
-    for (name, t) in cfg.sections("ga4") {
+    for (name, section) in sections {
         let key = |k: &str| format!("events.{name}.ga4.{k}");
-        for k in t.keys() {
-            if !["event_name", "params"].contains(&k.as_str()) {
-                return Err(ConfigError::invalid(
-                    key(k),
-                    "is not a ga4 mapping key (event_name, params)",
-                ));
-            }
-        }
-        let event_name = match t.get("event_name") {
-            Some(toml::Value::String(s)) => s.trim().to_owned(),
-            Some(_) => return Err(ConfigError::invalid(key("event_name"), "must be a string")),
-            None => return Err(ConfigError::invalid(key("event_name"), "is required")),
-        };
+        let event_name = section.event_name.trim().to_owned();
         check_name(&event_name).map_err(|why| {
             ConfigError::invalid(key("event_name"), format!("`{event_name}` {why}"))
         })?;
@@ -170,31 +168,18 @@ pub fn ga4_mappings(cfg: &MappingConfig) -> Result<HashMap<String, Ga4Mapping>, 
                 format!("`{event_name}` is reserved by GA4"),
             ));
         }
-        let mut params = BTreeMap::new();
-        match t.get("params") {
-            None => {}
-            Some(toml::Value::Table(p)) => {
-                for (param, path) in p {
-                    let pkey = key(&format!("params.{param}"));
-                    check_name(param)
-                        .map_err(|why| ConfigError::invalid(&pkey, format!("`{param}` {why}")))?;
-                    if param == "firebase_conversion" || OWN_PARAMS.contains(&param.as_str()) {
-                        return Err(ConfigError::invalid(
-                            &pkey,
-                            format!("`{param}` is reserved (set by ga4-sender or GA4)"),
-                        ));
-                    }
-                    let Some(path) = path.as_str() else {
-                        return Err(ConfigError::invalid(
-                            &pkey,
-                            "must be a canonical path string such as \"attribution.utm_campaign\"",
-                        ));
-                    };
-                    check_path(path).map_err(|why| ConfigError::invalid(&pkey, why))?;
-                    params.insert(param.clone(), path.to_owned());
-                }
+        let params = section.params;
+        for (param, path) in &params {
+            let pkey = key(&format!("params.{param}"));
+            check_name(param)
+                .map_err(|why| ConfigError::invalid(&pkey, format!("`{param}` {why}")))?;
+            if param == "firebase_conversion" || OWN_PARAMS.contains(&param.as_str()) {
+                return Err(ConfigError::invalid(
+                    &pkey,
+                    format!("`{param}` is reserved (set by ga4-sender or GA4)"),
+                ));
             }
-            Some(_) => return Err(ConfigError::invalid(key("params"), "must be a table")),
+            check_path(path).map_err(|why| ConfigError::invalid(&pkey, why))?;
         }
         if params.len() + OWN_PARAMS.len() > MAX_PARAMS {
             return Err(ConfigError::invalid(
@@ -206,7 +191,7 @@ pub fn ga4_mappings(cfg: &MappingConfig) -> Result<HashMap<String, Ga4Mapping>, 
                 ),
             ));
         }
-        out.insert(name.to_owned(), Ga4Mapping { event_name, params });
+        out.insert(name, Ga4Mapping { event_name, params });
     }
     Ok(out)
 }
@@ -381,7 +366,7 @@ mod tests {
             (
                 "[events.lead.ga4]\nname = \"generate_lead\"\n",
                 "events.lead.ga4.name",
-                "not a ga4 mapping key",
+                "unknown field `name`, expected `event_name` or `params`",
             ),
         ] {
             let err = error_of(text);

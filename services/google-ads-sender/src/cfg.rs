@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use secrecy::SecretString;
+use serde::Deserialize;
 
 pub use leadpipe_config::consent::ConsentPolicy;
 use leadpipe_config::mapping::MappingConfig;
@@ -139,30 +140,28 @@ pub fn google_ads_mappings(
     cfg: &MappingConfig,
     default_action: Option<&str>,
 ) -> Result<HashMap<String, GoogleAdsMapping>, ConfigError> {
+    /// `[events.<name>.google_ads]` as written; checked into a [`GoogleAdsMapping`] below.
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Section {
+        kind: Option<String>,
+        /// Digits, written as a string or a number.
+        conversion_action_id: Option<toml::Value>,
+        event_source: Option<String>,
+    }
+    let sections: HashMap<String, Section> = cfg.typed_sections(crate::DESTINATION.as_str())?;
     let mut out = HashMap::new();
-    for (name, t) in cfg.sections("google_ads") {
+    for (name, section) in sections {
         let key = |k: &str| format!("events.{name}.google_ads.{k}");
-        for k in t.keys() {
-            if !["kind", "conversion_action_id", "event_source"].contains(&k.as_str()) {
-                return Err(ConfigError::invalid(
-                    key(k),
-                    "is not a google_ads mapping key (kind, conversion_action_id, event_source)",
-                ));
-            }
-        }
-        let text = |k: &str| -> Result<Option<String>, ConfigError> {
-            match t.get(k) {
-                None => Ok(None),
-                Some(toml::Value::String(s)) if !s.trim().is_empty() => {
-                    Ok(Some(s.trim().to_owned()))
+        let text = |k: &str, v: Option<String>| -> Result<Option<String>, ConfigError> {
+            match v.map(|s| s.trim().to_owned()) {
+                Some(s) if s.is_empty() => {
+                    Err(ConfigError::invalid(key(k), "must be a non-empty string"))
                 }
-                Some(toml::Value::Integer(n)) if k == "conversion_action_id" => {
-                    Ok(Some(n.to_string()))
-                }
-                Some(_) => Err(ConfigError::invalid(key(k), "must be a non-empty string")),
+                v => Ok(v),
             }
         };
-        let kind = match text("kind")?.as_deref() {
+        let kind = match text("kind", section.kind)?.as_deref() {
             Some("click_conversion") | None => Kind::ClickConversion,
             Some("adjustment") => Kind::Adjustment,
             Some(_) => {
@@ -178,8 +177,19 @@ pub fn google_ads_mappings(
                 "adjustment applies to refund events only",
             ));
         }
+        let action = match section.conversion_action_id {
+            Some(toml::Value::String(s)) => Some(s),
+            Some(toml::Value::Integer(n)) => Some(n.to_string()),
+            Some(_) => {
+                return Err(ConfigError::invalid(
+                    key("conversion_action_id"),
+                    "must be the conversion action's numeric id (ctId in the Google Ads UI)",
+                ));
+            }
+            None => None,
+        };
         let conversion_action_id =
-            text("conversion_action_id")?.or(default_action.map(str::to_owned));
+            text("conversion_action_id", action)?.or(default_action.map(str::to_owned));
         if let Some(id) = &conversion_action_id
             && !id.bytes().all(|b| b.is_ascii_digit())
         {
@@ -188,7 +198,8 @@ pub fn google_ads_mappings(
                 "must be the conversion action's numeric id (ctId in the Google Ads UI)",
             ));
         }
-        let event_source = text("event_source")?.unwrap_or_else(|| "WEB".to_owned());
+        let event_source =
+            text("event_source", section.event_source)?.unwrap_or_else(|| "WEB".to_owned());
         if !EVENT_SOURCES.contains(&event_source.as_str()) {
             return Err(ConfigError::invalid(
                 key("event_source"),
@@ -196,7 +207,7 @@ pub fn google_ads_mappings(
             ));
         }
         out.insert(
-            name.to_owned(),
+            name,
             GoogleAdsMapping {
                 kind,
                 conversion_action_id,
@@ -326,6 +337,14 @@ mod tests {
             (
                 "[events.won.google_ads]\naction = \"1\"\n",
                 "events.won.google_ads.action",
+            ),
+            (
+                "[events.won.google_ads]\nconversion_action_id = true\n",
+                "events.won.google_ads.conversion_action_id",
+            ),
+            (
+                "[events.won.google_ads]\nkind = \" \"\n",
+                "events.won.google_ads.kind",
             ),
         ] {
             let cfg = MappingConfig::parse(text).unwrap();

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use secrecy::SecretString;
+use serde::Deserialize;
 
 pub use leadpipe_config::consent::ConsentPolicy;
 use leadpipe_config::mapping::MappingConfig;
@@ -29,17 +30,25 @@ pub const ACTION_SOURCES: [&str; 9] = [
     "other",
 ];
 
-/// What Meta receives for one canonical event name.
-#[derive(Debug, Clone, PartialEq)]
+/// What Meta receives for one canonical event name (`[events.<name>.meta]`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct MetaMapping {
     /// Meta `event_name` (`Lead`, `Purchase`, …).
     pub event_name: String,
-    /// Meta `action_source`.
+    /// Meta `action_source` (default `chat`).
+    #[serde(default = "chat")]
     pub action_source: String,
     /// `custom_data.content_name`, if set.
+    #[serde(default)]
     pub content_name: Option<String>,
     /// `custom_data.content_category`, if set.
+    #[serde(default)]
     pub content_category: Option<String>,
+}
+
+fn chat() -> String {
+    "chat".to_owned()
 }
 
 /// Everything meta-sender needs.
@@ -71,53 +80,35 @@ pub struct Settings {
 
 /// Reads the `meta` sections of the mapping config, naming any bad key.
 pub fn meta_mappings(cfg: &MappingConfig) -> Result<HashMap<String, MetaMapping>, ConfigError> {
-    let mut out = HashMap::new();
-    for (name, t) in cfg.sections("meta") {
+    let mut mappings: HashMap<String, MetaMapping> =
+        cfg.typed_sections(crate::DESTINATION.as_str())?;
+    for (name, m) in &mut mappings {
         let key = |k: &str| format!("events.{name}.meta.{k}");
-        for k in t.keys() {
-            if ![
-                "event_name",
-                "action_source",
-                "content_name",
-                "content_category",
-            ]
-            .contains(&k.as_str())
-            {
-                return Err(ConfigError::invalid(
-                    key(k),
-                    "is not a meta mapping key (event_name, action_source, content_name, content_category)",
-                ));
+        let text = |k: &str, v: &mut String| {
+            *v = v.trim().to_owned();
+            if v.is_empty() {
+                return Err(ConfigError::invalid(key(k), "must be a non-empty string"));
+            }
+            Ok(())
+        };
+        text("event_name", &mut m.event_name)?;
+        text("action_source", &mut m.action_source)?;
+        for (k, v) in [
+            ("content_name", &mut m.content_name),
+            ("content_category", &mut m.content_category),
+        ] {
+            if let Some(t) = v {
+                text(k, t)?;
             }
         }
-        let text = |k: &str| -> Result<Option<String>, ConfigError> {
-            match t.get(k) {
-                None => Ok(None),
-                Some(toml::Value::String(s)) if !s.trim().is_empty() => {
-                    Ok(Some(s.trim().to_owned()))
-                }
-                Some(_) => Err(ConfigError::invalid(key(k), "must be a non-empty string")),
-            }
-        };
-        let event_name = text("event_name")?
-            .ok_or_else(|| ConfigError::invalid(key("event_name"), "is required"))?;
-        let action_source = text("action_source")?.unwrap_or_else(|| "chat".to_owned());
-        if !ACTION_SOURCES.contains(&action_source.as_str()) {
+        if !ACTION_SOURCES.contains(&m.action_source.as_str()) {
             return Err(ConfigError::invalid(
                 key("action_source"),
                 format!("must be one of {}", ACTION_SOURCES.join(", ")),
             ));
         }
-        out.insert(
-            name.to_owned(),
-            MetaMapping {
-                event_name,
-                action_source,
-                content_name: text("content_name")?,
-                content_category: text("content_category")?,
-            },
-        );
     }
-    Ok(out)
+    Ok(mappings)
 }
 
 impl Settings {

@@ -42,12 +42,18 @@ pub fn typed_section<T: DeserializeOwned>(key: &str, table: &toml::Table) -> Res
     let value = toml::Value::Table(table.clone());
     serde_path_to_error::deserialize::<_, T>(value).map_err(|e| {
         let path = e.path().to_string();
-        let key = if path == "." || path.is_empty() {
-            key.to_owned()
-        } else {
-            format!("{key}.{path}")
+        let reason = e.into_inner().to_string();
+        // serde names an unknown or missing key only in its message: put it in the key.
+        let field = ["unknown field `", "missing field `"]
+            .iter()
+            .find_map(|p| reason.strip_prefix(p))
+            .and_then(|rest| rest.split('`').next());
+        let key = match (path.as_str(), field) {
+            ("." | "", Some(field)) => format!("{key}.{field}"),
+            ("." | "", None) => key.to_owned(),
+            (path, _) => format!("{key}.{path}"),
         };
-        ConfigError::invalid(key, e.into_inner().to_string())
+        ConfigError::invalid(key, reason)
     })
 }
 
@@ -213,8 +219,14 @@ mod tests {
     fn a_typed_section_names_the_wrong_key() {
         let cfg = MappingConfig::parse("[events.lead.x]\nevent = \"Lead\"\nevnt = 1\n").unwrap();
         let err = cfg.typed_sections::<Section>("x").unwrap_err().to_string();
-        assert!(err.starts_with("events.lead.x"), "{err}");
+        assert!(err.starts_with("events.lead.x.evnt:"), "{err}");
         assert!(err.contains("unknown field `evnt`"), "{err}");
+        let cfg = MappingConfig::parse("[events.lead.x]\nvalue = 1.5\n").unwrap();
+        let err = cfg.typed_sections::<Section>("x").unwrap_err().to_string();
+        assert!(
+            err.starts_with("events.lead.x.event: missing field"),
+            "{err}"
+        );
         let cfg =
             MappingConfig::parse("[events.lead.x]\nevent = \"Lead\"\nvalue = \"a\"\n").unwrap();
         let err = cfg.typed_sections::<Section>("x").unwrap_err().to_string();
