@@ -104,6 +104,10 @@ pub struct IngestOptions {
     pub namespace: Option<String>,
     /// Sources beside the test ones (e.g. loaded from `examples/`).
     pub extra_sources: Vec<Source>,
+    /// `INGEST_BODY_TIMEOUT_MS`.
+    pub body_timeout: Duration,
+    /// `INGEST_MAX_IN_FLIGHT`.
+    pub max_in_flight: usize,
 }
 
 impl Default for IngestOptions {
@@ -114,6 +118,8 @@ impl Default for IngestOptions {
             confirm_timeout: Duration::from_secs(5),
             namespace: None,
             extra_sources: Vec::new(),
+            body_timeout: leadpipe_ingest::cfg::DEFAULT_BODY_TIMEOUT,
+            max_in_flight: leadpipe_ingest::cfg::DEFAULT_MAX_IN_FLIGHT,
         }
     }
 }
@@ -164,6 +170,8 @@ pub async fn spawn_ingest(opts: IngestOptions) -> TestIngest {
         max_body_bytes: leadpipe_ingest::cfg::DEFAULT_MAX_BODY_BYTES,
         confirm_timeout: opts.confirm_timeout,
         publish_channels: 2,
+        body_timeout: opts.body_timeout,
+        max_in_flight: opts.max_in_flight,
     };
     let shutdown = CancellationToken::new();
     let app = Application::build(settings, shutdown.clone())

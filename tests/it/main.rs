@@ -13,6 +13,7 @@ mod ga4_sender;
 mod ga4_sender_binary;
 mod google_ads_sender;
 mod google_ads_sender_binary;
+mod hostile_clients;
 mod ingest;
 mod ingest_binary;
 mod meta_sender;

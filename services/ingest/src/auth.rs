@@ -57,13 +57,23 @@ pub fn claimed_source(headers: &HeaderMap) -> Option<&str> {
     header(headers, SOURCE_HEADER).ok()
 }
 
-/// Verifies the request's signature against the source it names; returns that source.
-pub fn verify<'s>(
+/// What the headers alone say of a request, checked before its body is read: a known
+/// source, a fresh timestamp and a well-formed signature. Only the HMAC needs the body.
+#[derive(Debug)]
+pub struct Claimed<'s, 'h> {
+    /// The source the request names.
+    pub source: &'s Source,
+    timestamp: &'h str,
+    signature: Vec<u8>,
+}
+
+/// Checks everything the headers decide (SPEC §3), before the body is read: an unknown
+/// source, a stale timestamp or a malformed signature costs no body.
+pub fn precheck<'s, 'h>(
     sources: &'s [Source],
-    headers: &HeaderMap,
-    body: &[u8],
+    headers: &'h HeaderMap,
     now_unix: i64,
-) -> Result<&'s Source, AuthError> {
+) -> Result<Claimed<'s, 'h>, AuthError> {
     let source_id = header(headers, SOURCE_HEADER)?;
     let timestamp = header(headers, TIMESTAMP_HEADER)?;
     let signature = header(headers, SIGNATURE_HEADER)?;
@@ -72,22 +82,44 @@ pub fn verify<'s>(
         .find(|s| s.id == source_id)
         .ok_or(AuthError::UnknownSource)?;
     let ts: i64 = timestamp.parse().map_err(|_| AuthError::BadTimestamp)?;
-    if (now_unix - ts).abs() > SIGNATURE_TOLERANCE_SECS {
+    // abs_diff: no overflow for a timestamp near i64::MIN or MAX.
+    if now_unix.abs_diff(ts) > SIGNATURE_TOLERANCE_SECS {
         return Err(AuthError::StaleTimestamp);
     }
-    let given = signature
+    let signature = signature
         .strip_prefix("sha256=")
         .filter(|h| h.len() == 64)
         .and_then(|h| hex::decode(h).ok())
         .ok_or(AuthError::MalformedSignature)?;
-    let mut mac = mac_for(source.secret.expose_secret().as_bytes());
-    mac.update(timestamp.as_bytes());
-    mac.update(b".");
-    mac.update(body);
-    // `verify_slice` compares in constant time.
-    mac.verify_slice(&given)
-        .map_err(|_| AuthError::BadSignature)?;
-    Ok(source)
+    Ok(Claimed {
+        source,
+        timestamp,
+        signature,
+    })
+}
+
+impl<'s> Claimed<'s, '_> {
+    /// Checks the HMAC of `"<timestamp>.<body>"` in constant time; returns the source.
+    pub fn verify(self, body: &[u8]) -> Result<&'s Source, AuthError> {
+        let mut mac = mac_for(self.source.secret.expose_secret().as_bytes());
+        mac.update(self.timestamp.as_bytes());
+        mac.update(b".");
+        mac.update(body);
+        mac.verify_slice(&self.signature)
+            .map_err(|_| AuthError::BadSignature)?;
+        Ok(self.source)
+    }
+}
+
+/// Verifies the request's signature against the source it names; returns that source
+/// ([`precheck`], then [`Claimed::verify`]).
+pub fn verify<'s>(
+    sources: &'s [Source],
+    headers: &HeaderMap,
+    body: &[u8],
+    now_unix: i64,
+) -> Result<&'s Source, AuthError> {
+    precheck(sources, headers, now_unix)?.verify(body)
 }
 
 /// `sha256=<hex>` for `body` signed at `timestamp` with `secret` (clients, the CLI and tests).

@@ -18,7 +18,11 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 256 * 1024;
 /// Most events in one batch request (SPEC §3).
 pub const MAX_BATCH_EVENTS: usize = 500;
 /// How far a signed timestamp may be from now, in seconds (SPEC §3).
-pub const SIGNATURE_TOLERANCE_SECS: i64 = 300;
+pub const SIGNATURE_TOLERANCE_SECS: u64 = 300;
+/// Default `INGEST_BODY_TIMEOUT_MS`.
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default `INGEST_MAX_IN_FLIGHT`.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
 
 /// Everything ingest needs.
 #[derive(Debug, Clone)]
@@ -38,6 +42,11 @@ pub struct Settings {
     pub confirm_timeout: Duration,
     /// `INGEST_PUBLISH_CHANNELS`: confirm-mode channels publishes are spread over.
     pub publish_channels: usize,
+    /// `INGEST_BODY_TIMEOUT_MS`: a body that has not fully arrived by then gets `408`.
+    pub body_timeout: Duration,
+    /// `INGEST_MAX_IN_FLIGHT`: API requests in progress at once; past it, `503` with
+    /// `Retry-After`.
+    pub max_in_flight: usize,
     /// `LEADPIPE_DESTINATIONS`: the destinations whose queues ingest declares and so
     /// publishes to (default: every registered one).
     pub destinations: Vec<Destination>,
@@ -92,9 +101,33 @@ impl Settings {
                 "must be between 1 and 64",
             ));
         }
+        let body_timeout_ms: u64 = env::parse_or(
+            "INGEST_BODY_TIMEOUT_MS",
+            DEFAULT_BODY_TIMEOUT.as_millis() as u64,
+            "a number of milliseconds",
+        )?;
+        if body_timeout_ms == 0 {
+            return Err(ConfigError::invalid(
+                "INGEST_BODY_TIMEOUT_MS",
+                "must be at least 1",
+            ));
+        }
+        let max_in_flight: usize = env::parse_or(
+            "INGEST_MAX_IN_FLIGHT",
+            DEFAULT_MAX_IN_FLIGHT,
+            "a number of requests",
+        )?;
+        if max_in_flight == 0 {
+            return Err(ConfigError::invalid(
+                "INGEST_MAX_IN_FLIGHT",
+                "must be at least 1",
+            ));
+        }
         Ok(Self {
             addr,
             publish_channels,
+            body_timeout: Duration::from_millis(body_timeout_ms),
+            max_in_flight,
             destinations,
             amqp: AmqpSettings::from_env()?,
             sources,

@@ -12,6 +12,8 @@ use crate::auth::AuthError;
 
 /// Seconds a client should wait before retrying after a `503`.
 pub const UNAVAILABLE_RETRY_AFTER_SECS: u64 = 5;
+/// Seconds a client should wait before retrying after `503 overloaded`.
+pub const OVERLOADED_RETRY_AFTER_SECS: u64 = 1;
 
 /// Everything a request can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -34,12 +36,33 @@ pub enum ApiError {
     /// `422 validation_failed`, with every field error.
     #[error("the event is not valid: {} field error(s)", .0.len())]
     Validation(Vec<FieldError>),
+    /// `408 request_timeout`: the body did not arrive within `INGEST_BODY_TIMEOUT_MS`.
+    #[error("the body did not arrive within {0} ms (INGEST_BODY_TIMEOUT_MS)")]
+    BodyTimeout(u128),
     /// `429 rate_limited` with `Retry-After`.
     #[error("rate limit of this source exceeded")]
     RateLimited {
         /// Seconds until enough tokens are back.
         retry_after_secs: u64,
     },
+    /// `429 batch_over_rate_limit`, without `Retry-After`: the batch holds more events than
+    /// the source may send in a second, so it would never pass as it is.
+    #[error(
+        "a batch of {events} events is more than source {source_id:?} may send in a second \
+         ({limit} events, rate_limit_per_second): send smaller batches"
+    )]
+    BatchOverRateLimit {
+        /// The source.
+        source_id: String,
+        /// Events in the batch.
+        events: usize,
+        /// The source's limit per second.
+        limit: u32,
+    },
+    /// `503 overloaded` with `Retry-After`: more requests in flight than
+    /// `INGEST_MAX_IN_FLIGHT`.
+    #[error("too many requests in flight (INGEST_MAX_IN_FLIGHT); try again shortly")]
+    Overloaded,
     /// `503 unavailable` with `Retry-After`: the broker did not confirm. For a batch, the
     /// per-item results say which events were accepted anyway.
     #[error("the event could not be stored: {reason}")]
@@ -73,7 +96,12 @@ impl ApiError {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
             Self::Validation(_) => (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
+            Self::BodyTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             Self::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            Self::BatchOverRateLimit { .. } => {
+                (StatusCode::TOO_MANY_REQUESTS, "batch_over_rate_limit")
+            }
+            Self::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
             Self::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
         }
     }
@@ -85,6 +113,7 @@ impl IntoResponse for ApiError {
         let retry_after = match &self {
             Self::RateLimited { retry_after_secs } => Some(*retry_after_secs),
             Self::Unavailable { .. } => Some(UNAVAILABLE_RETRY_AFTER_SECS),
+            Self::Overloaded => Some(OVERLOADED_RETRY_AFTER_SECS),
             _ => None,
         };
         let (errors, results) = match &self {

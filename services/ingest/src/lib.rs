@@ -41,6 +41,7 @@ pub use state::AppState;
 pub struct Application {
     listener: TcpListener,
     state: AppState,
+    max_in_flight: usize,
 }
 
 impl Application {
@@ -71,9 +72,14 @@ impl Application {
             settings.sources,
             settings.custom_events,
             settings.max_body_bytes,
+            settings.body_timeout,
             publisher,
         );
-        Ok(Self { listener, state })
+        Ok(Self {
+            listener,
+            state,
+            max_in_flight: settings.max_in_flight,
+        })
     }
 
     /// The bound address.
@@ -99,19 +105,29 @@ impl Application {
                 tracing::warn!(error = %e, "cannot set TCP_NODELAY");
             }
         });
-        axum::serve(listener, router(self.state))
+        axum::serve(listener, router(self.state, self.max_in_flight))
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
             .await
             .context("the HTTP server failed")
     }
 }
 
-/// The routes of SPEC §3.
-pub fn router(state: AppState) -> Router {
-    Router::new()
+/// The routes of SPEC §3. The posting routes share one limit of `max_in_flight` requests in
+/// progress (`INGEST_MAX_IN_FLIGHT`): past it a request is shed at once with `503` and
+/// `Retry-After`, never queued; health, readiness, metrics and the schema are not limited.
+pub fn router(state: AppState, max_in_flight: usize) -> Router {
+    let limit = tower::ServiceBuilder::new()
+        .layer(axum::error_handling::HandleErrorLayer::new(
+            |_: tower::BoxError| async { error::ApiError::Overloaded },
+        ))
+        .load_shed()
+        .concurrency_limit(max_in_flight);
+    let posts = Router::new()
         .route("/v1/events", post(routes::post_event))
         .route("/v1/events/batch", post(routes::post_batch))
         .route("/v1/sources/{id}/webhook", post(routes::post_webhook))
+        .layer(limit);
+    posts
         .route("/v1/schema", get(routes::schema))
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz))

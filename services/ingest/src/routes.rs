@@ -1,9 +1,11 @@
 //! The HTTP API (SPEC §3).
 //!
 //! Each `/v1` request goes through the same steps, in this order, so that the cheapest
-//! refusal comes first: media type (415) → body size (413) → signature (401) → rate limit
-//! (429) → JSON (400) → validation (422) → publish and confirm (503 or 202). A batch is parsed
-//! before its rate check, which counts its events.
+//! refusal comes first: requests in flight (503 overloaded) → media type (415) → what the
+//! headers decide, before any body is read: source, timestamp, signature format (401) and a
+//! declared length (413) → the body, within `INGEST_BODY_TIMEOUT_MS` (408) and the size limit
+//! (413) → signature (401) → rate limit (429) → JSON (400) → validation (422) → publish and
+//! confirm (503 or 202). A batch is parsed before its rate check, which counts its events.
 
 use std::num::NonZeroU32;
 use std::time::Instant;
@@ -142,8 +144,19 @@ async fn authenticate<'a>(
     if !json_type {
         return Err(ApiError::UnsupportedMediaType);
     }
-    let bytes = read_limited(body, app.max_body_bytes).await?;
-    let source = auth::verify(&app.sources, headers, &bytes, Utc::now().timestamp())?;
+    // Everything the headers decide, before a byte of the body is read.
+    let claimed = auth::precheck(&app.sources, headers, Utc::now().timestamp())?;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > app.max_body_bytes as u64) {
+        return Err(ApiError::PayloadTooLarge(app.max_body_bytes));
+    }
+    let bytes = tokio::time::timeout(app.body_timeout, read_limited(body, app.max_body_bytes))
+        .await
+        .map_err(|_| ApiError::BodyTimeout(app.body_timeout.as_millis()))??;
+    let source = claimed.verify(&bytes)?;
     Ok((source, bytes))
 }
 
@@ -166,10 +179,16 @@ fn rate_limit(app: &AppState, source: &Source, events: usize) -> Result<(), ApiE
     let Some(limiter) = app.limiters.get(&source.id) else {
         return Ok(());
     };
-    // A batch larger than the bucket waits for a full bucket rather than failing forever.
-    let n = u32::try_from(events.max(1))
-        .unwrap_or(u32::MAX)
-        .min(source.rate_limit_per_second);
+    // A batch costs its number of events. One larger than a second's worth never fits.
+    let n = u32::try_from(events.max(1)).unwrap_or(u32::MAX);
+    let over = || ApiError::BatchOverRateLimit {
+        source_id: source.id.clone(),
+        events,
+        limit: source.rate_limit_per_second,
+    };
+    if n > source.rate_limit_per_second.max(1) {
+        return Err(over());
+    }
     let n = NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN);
     match limiter.check_n(n) {
         Ok(Ok(())) => Ok(()),
@@ -179,8 +198,8 @@ fn rate_limit(app: &AppState, source: &Source, events: usize) -> Result<(), ApiE
                 retry_after_secs: wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
             })
         }
-        // n is capped at the bucket size, so capacity is always sufficient.
-        Err(_) => Ok(()),
+        // n is at most the bucket size, so this is not reached.
+        Err(_) => Err(over()),
     }
 }
 

@@ -25,6 +25,8 @@ pub struct AppState {
     pub custom_events: Arc<HashSet<String>>,
     /// Bodies above this many bytes get `413`.
     pub max_body_bytes: usize,
+    /// A body must have arrived within this, else `408`.
+    pub body_timeout: std::time::Duration,
     /// The confirmed publisher.
     pub publisher: Publisher,
     /// Metric families.
@@ -37,6 +39,7 @@ impl AppState {
         sources: Vec<Source>,
         custom_events: HashSet<String>,
         max_body_bytes: usize,
+        body_timeout: std::time::Duration,
         publisher: Publisher,
     ) -> Self {
         let limiters = sources
@@ -52,6 +55,7 @@ impl AppState {
             clock: DefaultClock::default(),
             custom_events: Arc::new(custom_events),
             max_body_bytes,
+            body_timeout,
             publisher,
             metrics: Metrics::new(),
         }
