@@ -312,23 +312,25 @@ pub fn redacted(body: &Value) -> Value {
     body
 }
 
-/// The plain personal values a body carries (user id, city, region, postal code): what must
-/// never be quoted back from the destination into logs or dead-letter headers.
+/// Every value a body carries (user and client ids, address parts, every parameter: mapped
+/// `custom.*` values, page URLs, transaction ids…): what must never be quoted back from the
+/// destination into logs, dead-letter headers or `leadpipe dlq list`. Longest first, so a
+/// value inside another is not left half-replaced; values under 3 characters are left (they
+/// would mangle the message, and say nothing about a person).
 pub fn plain_values(body: &Value) -> Vec<String> {
-    let mut out: Vec<String> = body["user_id"]
-        .as_str()
-        .map(str::to_owned)
-        .into_iter()
-        .collect();
-    if let Some(addresses) = body.pointer("/user_data/address").and_then(Value::as_array) {
-        for a in addresses {
-            for k in ["city", "region", "postal_code"] {
-                if let Some(v) = a[k].as_str() {
-                    out.push(v.to_owned());
-                }
-            }
+    fn walk(v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::String(s) if s.chars().count() >= 3 => out.push(s.clone()),
+            Value::Number(n) if n.to_string().len() >= 3 => out.push(n.to_string()),
+            Value::Array(a) => a.iter().for_each(|v| walk(v, out)),
+            Value::Object(o) => o.values().for_each(|v| walk(v, out)),
+            _ => {}
         }
     }
+    let mut out = Vec::new();
+    walk(body, &mut out);
+    out.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    out.dedup();
     out
 }
 
@@ -444,6 +446,48 @@ mod tests {
             r["user_data"]["sha256_email_address"][0],
             sha256_hex("jane@example.com")
         );
-        assert_eq!(plain_values(&body), ["U-1", "new york", "10001"]);
+        let plain = plain_values(&body);
+        for v in ["U-1", "new york", "10001", "US"] {
+            assert_eq!(plain.contains(&v.to_owned()), v != "US", "{v}");
+        }
+    }
+
+    #[test]
+    fn every_value_of_a_body_is_redacted_from_a_validation_message() {
+        let body = json!({
+            "client_id": "1234567890.1700000000",
+            "user_id": "CRM-000123",
+            "events": [{"name": "generate_lead", "params": {
+                "plan": "Acme Enterprise Gold",
+                "page_location": "https://acme.example/pricing?email=jane@example.com",
+                "value": 1499.5,
+                "currency": "USD"
+            }}]
+        });
+        let messages = [crate::client::ValidationMessage {
+            field_path: "events.params.plan".into(),
+            description: "Event param [plan] has value [Acme Enterprise Gold] for \
+                [https://acme.example/pricing?email=jane@example.com], client \
+                [1234567890.1700000000], user [CRM-000123], amount [1499.5]"
+                .into(),
+            validation_code: "VALUE_INVALID".into(),
+        }];
+        let f = crate::client::ValidationMessage::failure(&messages, &plain_values(&body));
+        for secret in [
+            "Acme Enterprise Gold",
+            "acme.example",
+            "jane@example.com",
+            "1234567890.1700000000",
+            "CRM-000123",
+            "1499.5",
+        ] {
+            assert!(!f.message.contains(secret), "{secret} in {}", f.message);
+        }
+        assert!(
+            f.message.contains("VALUE_INVALID at events.params.plan"),
+            "{}",
+            f.message
+        );
+        assert_eq!(f.code, "ga4_value_invalid");
     }
 }

@@ -26,8 +26,9 @@ pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/leadp
 /// Default `LEADPIPE_NAMESPACE` (SPEC §4).
 pub const DEFAULT_NAMESPACE: &str = "leadpipe";
 
-/// Where the broker is and which namespace of names to use.
-#[derive(Debug, Clone)]
+/// Where the broker is and which namespace of names to use. `Debug` shows the URL without
+/// its password.
+#[derive(Clone)]
 pub struct AmqpSettings {
     /// `AMQP_URL`. May hold a password: never logged.
     pub url: String,
@@ -65,11 +66,52 @@ pub fn validate_namespace(ns: &str) -> Result<()> {
     }
 }
 
-/// Where the database is.
-#[derive(Debug, Clone)]
+/// Where the database is. `Debug` shows the URL without its password.
+#[derive(Clone)]
 pub struct DatabaseSettings {
     /// `DATABASE_URL`. May hold a password: never logged.
     pub url: String,
+}
+
+impl std::fmt::Debug for AmqpSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AmqpSettings")
+            .field("url", &redacted_url(&self.url))
+            .field("namespace", &self.namespace)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for DatabaseSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseSettings")
+            .field("url", &redacted_url(&self.url))
+            .finish()
+    }
+}
+
+/// `url` with the password of its `user:password@` part (and any query, where a password
+/// can travel too: `?password=…`) replaced by `[redacted]`, for logs and `Debug`.
+pub fn redacted_url(url: &str) -> String {
+    let (url, query) = match url.split_once('?') {
+        Some((u, _)) => (u, "?[redacted]"),
+        None => (url, ""),
+    };
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return format!("{url}{query}");
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{user}:[redacted]@{host}"),
+            None => format!("{userinfo}@{host}"),
+        },
+        None => authority.to_owned(),
+    };
+    format!("{scheme}://{authority}{path}{query}")
 }
 
 impl DatabaseSettings {
@@ -78,5 +120,50 @@ impl DatabaseSettings {
         Self {
             url: env::string_or("DATABASE_URL", DEFAULT_DATABASE_URL),
         }
+    }
+}
+
+#[cfg(test)]
+mod redaction_tests {
+    use super::*;
+
+    #[test]
+    fn urls_print_without_their_passwords() {
+        for (url, want) in [
+            (
+                "amqp://leadpipe:hunter2@rabbitmq:5672/%2f",
+                "amqp://leadpipe:[redacted]@rabbitmq:5672/%2f",
+            ),
+            (
+                "postgres://u:p%40ss@db/leadpipe?sslmode=require&password=x",
+                "postgres://u:[redacted]@db/leadpipe?[redacted]",
+            ),
+            (
+                "postgres://postgres@127.0.0.1:5432/leadpipe",
+                "postgres://postgres@127.0.0.1:5432/leadpipe",
+            ),
+            (
+                "amqp://guest:guest@127.0.0.1:5672",
+                "amqp://guest:[redacted]@127.0.0.1:5672",
+            ),
+        ] {
+            assert_eq!(redacted_url(url), want);
+        }
+        let amqp = AmqpSettings {
+            url: "amqp://leadpipe:hunter2@rabbitmq:5672/%2f".into(),
+            namespace: "ns".into(),
+        };
+        let db = DatabaseSettings {
+            url: "postgres://u:s3cr3t@db/leadpipe".into(),
+        };
+        let text = format!("{amqp:?} {db:?}");
+        assert!(
+            !text.contains("hunter2") && !text.contains("s3cr3t"),
+            "{text}"
+        );
+        assert!(
+            text.contains("rabbitmq:5672") && text.contains("ns"),
+            "{text}"
+        );
     }
 }
