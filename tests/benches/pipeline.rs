@@ -122,6 +122,17 @@ async fn main() {
         (timed, requested)
     };
     let checkpoints_start = checkpoints().await;
+    // The delivery log's size on disk (table, indexes, TOAST) and its rows.
+    let log_size = || async {
+        let (bytes, rows): (i64, i64) = sqlx::query_as(
+            "SELECT pg_total_relation_size('deliveries'), (SELECT count(*) FROM deliveries)",
+        )
+        .fetch_one(&run.p.pool)
+        .await
+        .unwrap_or((0, 0));
+        (bytes, rows)
+    };
+    let log_start = log_size().await;
 
     // Act: the steady load.
     let http = reqwest::Client::builder()
@@ -353,6 +364,21 @@ async fn main() {
             .await
             .unwrap_or_default()
     };
+    let log_end = log_size().await;
+    let mib = |b: i64| b as f64 / (1024.0 * 1024.0);
+    println!(
+        "\ndelivery log: {:.1} MiB, {} rows at the start; {:.1} MiB, {} rows at the end \
+         ({:.0} bytes per row)",
+        mib(log_start.0),
+        log_start.1,
+        mib(log_end.0),
+        log_end.1,
+        if log_end.1 > 0 {
+            log_end.0 as f64 / log_end.1 as f64
+        } else {
+            0.0
+        },
+    );
     println!(
         "\nPostgreSQL: {} checkpoints forced by WAL volume, {} timed (max_wal_size {}, \
          shared_buffers {}, wal_compression {})",
