@@ -1,7 +1,7 @@
 //! `make bench` — ingest throughput, latency and memory against the broker's own ceiling.
 //!
-//! In one run, on one topology (a fresh namespace: the topic exchange fanning out to the four
-//! quorum work queues):
+//! In one run, on one topology (a fresh namespace: the topic exchange fanning out to every
+//! registered destination's quorum work queue):
 //! 1. **ceiling**: a bare confirmed publisher (lapin, one channel, 64 messages in flight, the
 //!    same message bytes ingest publishes);
 //! 2. **ingest**: the real release `ingest` binary under closed-loop load (signed posts) at
@@ -288,7 +288,8 @@ async fn main() {
     let ceiling = bare_publisher(&names, &envelope, IN_FLIGHT, RUN, WARMUP).await;
     purge(&broker.channel, &names).await;
     println!(
-        "\nbare confirmed publisher ({IN_FLIGHT} in flight, 4 quorum queues): {ceiling:.0} msg/s"
+        "\nbare confirmed publisher ({IN_FLIGHT} in flight, {} quorum queues): {ceiling:.0} msg/s",
+        leadpipe_registry::REGISTRY.all().len()
     );
 
     // The real binary, release build.

@@ -1,9 +1,9 @@
 //! `make bench` (60 s) and `make soak` (10 min) — the whole pipeline under a steady load.
 //!
-//! The release binaries of ingest and the four senders, one process each, on the real broker
+//! The release binaries of ingest and every registered sender, one process each, on the real broker
 //! and database, with fakes of every destination (answering at once, keeping counts only).
 //! In one run:
-//! 1. **ceiling**: a bare confirmed publisher into the same exchange (fan-out to the four
+//! 1. **ceiling**: a bare confirmed publisher into the same exchange (fan-out to every registered
 //!    work queues), the broker's own pace on this machine in this run;
 //! 2. **load**: signed single-event `POST /v1/events` at a steady rate (`PIPELINE_RATE`,
 //!    default 2,000 events/s) for `PIPELINE_SECS` (60; `make soak`: 600), the mixed stream of
@@ -70,8 +70,9 @@ async fn main() {
     .await;
     purge(&p.names).await;
     println!(
-        "ceiling: bare confirmed publisher, {} B envelopes fanned out to 4 quorum queues: {ceiling:.0} msg/s",
-        sample.len()
+        "ceiling: bare confirmed publisher, {} B envelopes fanned out to {} quorum queues: {ceiling:.0} msg/s",
+        sample.len(),
+        leadpipe_registry::REGISTRY.all().len()
     );
     let env = vec![
         ("BATCH_SIZE", "500".to_owned()),
