@@ -156,8 +156,13 @@ async fn a_body_that_does_not_arrive_in_time_gets_408_and_in_flight_requests_are
     }
     tokio::time::sleep(Duration::from_millis(50)).await;
 
-    // Act + Assert: a third request while both are held is shed with 503 and Retry-After;
-    // health still answers.
+    // Act + Assert: a third request while both are held is shed with 503 and Retry-After,
+    // on any posting route (the limit is global); health still answers.
+    let batch = serde_json::to_vec(&vec![lead("L-shed-b")]).unwrap();
+    let r = app.post_signed("/v1/events/batch", &batch).await;
+    assert_eq!(r.status(), 503);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "overloaded", "{body}");
     let r = app.post_event(&lead("L-shed")).await;
     assert_eq!(r.status(), 503);
     assert_eq!(r.headers()["retry-after"], "1");

@@ -121,7 +121,10 @@ pub fn router(state: AppState, max_in_flight: usize) -> Router {
             |_: tower::BoxError| async { error::ApiError::Overloaded },
         ))
         .load_shed()
-        .concurrency_limit(max_in_flight);
+        // One semaphore for every route (a per-route limit would allow three times as many).
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+            max_in_flight,
+        ));
     let posts = Router::new()
         .route("/v1/events", post(routes::post_event))
         .route("/v1/events/batch", post(routes::post_batch))
