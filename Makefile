@@ -70,7 +70,9 @@ bench: services
 	PIPELINE_SECS=$${PIPELINE_SECS:-60} $(CARGO) bench -p leadpipe-tests --bench pipeline
 
 ## The whole pipeline at a steady rate for 10 minutes (SOAK_SECS, PIPELINE_RATE): lag p99
-## by minute, memory of every service at start and end.
+## by minute, memory of every service at start and end, the delivery log's size every 30 s
+## with one-minute partitions kept SOAK_RETENTION_SECS (180): it must level off.
 soak: services
 	$(CARGO) build --release --workspace --bins
-	PIPELINE_SECS=$${SOAK_SECS:-600} $(CARGO) bench -p leadpipe-tests --bench pipeline
+	PIPELINE_SECS=$${SOAK_SECS:-600} SOAK_RETENTION_SECS=$${SOAK_RETENTION_SECS:-180} \
+		$(CARGO) bench -p leadpipe-tests --bench pipeline

@@ -12,7 +12,14 @@
 //!    p50/p99; end to end (`ingested_at` → the delivery log's `sent_at`, after the
 //!    destination's answer) p50/p99 per destination and per minute (the lag over time); the
 //!    drain after the last post; RSS of every service after warm-up and at the end, its
-//!    growth, and the peak (VmHWM).
+//!    growth, and the peak (VmHWM); the delivery log's size and PostgreSQL's checkpoints at
+//!    the start and the end (and the size every 30 s).
+//!
+//! With `SOAK_RETENTION_SECS` (`make soak` sets 180) the delivery log is cut into one-minute
+//! partitions and every sender keeps its rows that long (`DELIVERY_RETENTION_SECS`): the log's
+//! size must level off. Rows are then dropped during the run, so what was decided is counted
+//! per partition as the run goes (each partition's count, seen every 30 s, before it is
+//! dropped), and the end-to-end figures come from the rows still kept at the end.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -42,10 +49,42 @@ async fn purge(names: &Names) {
     }
 }
 
+/// The delivery log's size on disk (every partition: tables, indexes, TOAST) and its rows.
+async fn log_size(pool: &sqlx::PgPool) -> (i64, i64) {
+    sqlx::query_as(
+        "SELECT COALESCE(sum(pg_total_relation_size(relid)), 0)::bigint,
+                (SELECT count(*) FROM deliveries)
+         FROM pg_partition_tree('deliveries') WHERE isleaf",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap_or((0, 0))
+}
+
+/// Counts the decided rows of every partition, keeping the largest count seen for each (a
+/// partition's rows are all decided long before its retention drops it).
+async fn record_decided(pool: &sqlx::PgPool, seen: &Mutex<std::collections::HashMap<String, i64>>) {
+    let counts: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT tableoid::regclass::text, count(*) FROM deliveries
+         WHERE status NOT IN ('in_flight', 'retrying', 'accepted') GROUP BY 1",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap_or_default();
+    let mut seen = seen.lock().unwrap();
+    for (table, n) in counts {
+        let e = seen.entry(table).or_default();
+        *e = (*e).max(n);
+    }
+}
+
 #[tokio::main]
 async fn main() {
     let rate = env_f64("PIPELINE_RATE", 2000.0);
     let secs = env_f64("PIPELINE_SECS", 60.0);
+    let retention_secs = std::env::var("SOAK_RETENTION_SECS")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok());
 
     // Arrange: namespace, database, fakes keeping counts only.
     let p = Pipeline::new().await;
@@ -74,12 +113,22 @@ async fn main() {
         sample.len(),
         leadpipe_registry::REGISTRY.all().len()
     );
-    let env = vec![
+    let mut env = vec![
         ("BATCH_SIZE", "500".to_owned()),
         ("BATCH_MAX_WAIT_MS", "200".to_owned()),
         ("CONCURRENCY", "4".to_owned()),
         ("LEASE_SECS", "60".to_owned()),
     ];
+    if let Some(r) = retention_secs {
+        leadpipe_db::partitions::set_partition_width(&p.pool, chrono::TimeDelta::minutes(1))
+            .await
+            .expect("an empty delivery log takes one-minute partitions");
+        env.push(("DELIVERY_RETENTION_SECS", r.to_string()));
+        println!(
+            "delivery log: one-minute partitions, every destination's rows kept {r} s \
+             (DELIVERY_RETENTION_SECS)"
+        );
+    }
     let run = Processes::start(p, None, 1, env).await;
     let mut pids = vec![("ingest".to_owned(), run.ingest.child.id().unwrap())];
     for (d, child) in &run.senders {
@@ -123,17 +172,7 @@ async fn main() {
         (timed, requested)
     };
     let checkpoints_start = checkpoints().await;
-    // The delivery log's size on disk (table, indexes, TOAST) and its rows.
-    let log_size = || async {
-        let (bytes, rows): (i64, i64) = sqlx::query_as(
-            "SELECT pg_total_relation_size('deliveries'), (SELECT count(*) FROM deliveries)",
-        )
-        .fetch_one(&run.p.pool)
-        .await
-        .unwrap_or((0, 0));
-        (bytes, rows)
-    };
-    let log_start = log_size().await;
+    let log_start = log_size(&run.p.pool).await;
 
     // Act: the steady load.
     let http = reqwest::Client::builder()
@@ -148,9 +187,12 @@ async fn main() {
     let posted_orders: Arc<Mutex<Vec<(String, Instant)>>> = Arc::default();
     let failures = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let so_far = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    // Progress every 30 s: accepted so far, and the memory of every service.
+    // Decided rows per partition, as last seen (only while rows are dropped during the run).
+    let seen: Arc<Mutex<std::collections::HashMap<String, i64>>> = Arc::default();
+    // Progress every 30 s: accepted so far, the memory of every service, the log's size.
     let progress = {
         let (so_far, failures, pids) = (so_far.clone(), failures.clone(), pids.clone());
+        let (pool, seen) = (run.p.pool.clone(), seen.clone());
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_secs(30)).await;
@@ -158,13 +200,18 @@ async fn main() {
                     .iter()
                     .map(|(name, pid)| format!("{name} {:.0}", memory_mib(*pid, "VmRSS")))
                     .collect();
+                let (bytes, rows) = log_size(&pool).await;
                 println!(
-                    "  {:>4.0} s: {} accepted, {} failed; RSS MiB: {}",
+                    "  {:>4.0} s: {} accepted, {} failed; delivery log {:.0} MiB, {rows} rows; RSS MiB: {}",
                     started.elapsed().as_secs_f64(),
                     so_far.load(std::sync::atomic::Ordering::Relaxed),
                     failures.load(std::sync::atomic::Ordering::Relaxed),
+                    bytes as f64 / (1024.0 * 1024.0),
                     rss.join(", ")
                 );
+                if retention_secs.is_some() {
+                    record_decided(&pool, &seen).await;
+                }
             }
         })
     };
@@ -218,6 +265,10 @@ async fn main() {
     // Drain: every accepted event decided at every destination.
     let pool = &run.p.pool;
     let decided = || async {
+        if retention_secs.is_some() {
+            record_decided(pool, &seen).await;
+            return seen.lock().unwrap().values().sum::<i64>() as usize;
+        }
         let (c,): (i64,) = sqlx::query_as(
             "SELECT count(*) FROM deliveries WHERE status NOT IN ('in_flight', 'retrying', 'accepted')",
         )
@@ -306,7 +357,12 @@ async fn main() {
     all.sort();
     let all_p99 = percentile(&all, 0.99).as_secs_f64();
     println!(
-        "\nend to end (ingested_at → delivery log `sent`; Google: post → the fake's receipt):"
+        "\nend to end (ingested_at → delivery log `sent`; Google: post → the fake's receipt){}:",
+        if retention_secs.is_some() {
+            " — the rows still kept at the end (retention)"
+        } else {
+            ""
+        }
     );
     println!(
         "  {:<12} {:>9} {:>10} {:>10}",
@@ -365,7 +421,7 @@ async fn main() {
             .await
             .unwrap_or_default()
     };
-    let log_end = log_size().await;
+    let log_end = log_size(pool).await;
     let mib = |b: i64| b as f64 / (1024.0 * 1024.0);
     println!(
         "\ndelivery log: {:.1} MiB, {} rows at the start; {:.1} MiB, {} rows at the end \

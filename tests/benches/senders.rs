@@ -116,9 +116,20 @@ async fn main() {
     // One database for every run, seeded and analysed.
     let p = Pipeline::new().await;
     let seed_started = Instant::now();
+    // Into today's partition of meta, where the runs' rows go too.
+    leadpipe_db::partitions::maintain(
+        &p.pool,
+        "meta",
+        chrono::TimeDelta::days(8),
+        chrono::Utc::now(),
+    )
+    .await
+    .unwrap();
     sqlx::query(
-        "INSERT INTO deliveries (destination, event_id, status, attempts, event_name, source, sent_at)
-         SELECT 'meta', md5(g::text), 'sent', 1, 'lead', 'seed', now() FROM generate_series(1, $1) g",
+        "INSERT INTO deliveries (destination, event_id, status, attempts, event_name, source, sent_at,
+                                 bucket)
+         SELECT 'meta', md5(g::text), 'sent', 1, 'lead', 'seed', now(),
+                date_bin('1 day', now(), 'epoch') FROM generate_series(1, $1) g",
     )
     .bind(SEED_ROWS)
     .execute(&p.pool)

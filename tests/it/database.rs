@@ -13,8 +13,8 @@ async fn migrations_create_the_delivery_log_and_apply_twice_without_change() {
     // Assert
     let insert = |name: &'static str| {
         sqlx::query(
-            "INSERT INTO deliveries (destination, event_id, event_name, status)
-             VALUES ('meta', 'e1', $1, 'sent')",
+            "INSERT INTO deliveries (destination, event_id, event_name, status, bucket)
+             VALUES ('meta', 'e1', $1, 'sent', '2026-12-07')",
         )
         .bind(name)
         .execute(&pool)
@@ -22,20 +22,20 @@ async fn migrations_create_the_delivery_log_and_apply_twice_without_change() {
     insert("lead").await.unwrap();
     assert!(
         insert("lead").await.is_err(),
-        "(destination, event_id, event_name) must be unique"
+        "(destination, event_id, event_name, bucket) must be unique"
     );
     insert("won")
         .await
         .expect("one event id under another event name is another delivery");
     let bad_status = sqlx::query(
-        "INSERT INTO deliveries (destination, event_id, event_name, status) VALUES ('meta', 'e2', 'lead', 'lost')",
+        "INSERT INTO deliveries (destination, event_id, event_name, status, bucket) VALUES ('meta', 'e2', 'lead', 'lost', now())",
     )
     .execute(&pool)
     .await;
     assert!(bad_status.is_err(), "unknown statuses must be refused");
     for name in leadpipe_registry::REGISTRY.all().iter().map(|r| r.name()) {
         sqlx::query(
-            "INSERT INTO deliveries (destination, event_id, event_name, status) VALUES ($1, 'e3', 'lead', 'sent')",
+            "INSERT INTO deliveries (destination, event_id, event_name, status, bucket) VALUES ($1, 'e3', 'lead', 'sent', now())",
         )
         .bind(name)
         .execute(&pool)
@@ -43,7 +43,7 @@ async fn migrations_create_the_delivery_log_and_apply_twice_without_change() {
         .unwrap_or_else(|e| panic!("registered destination {name}: {e}"));
     }
     let bad_dest = sqlx::query(
-        "INSERT INTO deliveries (destination, event_id, event_name, status) VALUES ('Meta Ads', 'e3', 'lead', 'sent')",
+        "INSERT INTO deliveries (destination, event_id, event_name, status, bucket) VALUES ('Meta Ads', 'e3', 'lead', 'sent', now())",
     )
     .execute(&pool)
     .await;

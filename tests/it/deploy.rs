@@ -27,6 +27,8 @@ fn registered() -> HashSet<String> {
         Box::new(sender.lost_leases),
         Box::new(sender.publish_holds),
         Box::new(sender.dry_run),
+        Box::new(sender.partitions_dropped),
+        Box::new(sender.maintenance_failures),
     ];
     collectors
         .iter()

@@ -5,6 +5,7 @@ mod cli;
 mod crm_writer;
 mod crm_writer_binary;
 mod database;
+mod delivery_log;
 mod deploy;
 mod docs;
 mod dry_run_binary;

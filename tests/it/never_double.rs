@@ -364,15 +364,20 @@ async fn an_outcome_written_after_another_worker_took_the_lease_over_is_reported
     use leadpipe_consumer::store::{ClaimRequest, EventKey, Record, Store};
     let p = Pipeline::new().await;
     let lease = Duration::from_millis(300);
-    let a = Store::new(p.pool.clone(), "meta", "worker-a".into(), lease);
-    let b = Store::new(p.pool.clone(), "meta", "worker-b".into(), lease);
+    let a = Store::open(p.pool.clone(), "meta", "worker-a".into(), lease)
+        .await
+        .unwrap();
+    let b = Store::open(p.pool.clone(), "meta", "worker-b".into(), lease)
+        .await
+        .unwrap();
+    let occurred = chrono::Utc::now();
+    let key = EventKey::new("E-lease", "lead", a.bucket_of(occurred));
     let claim = ClaimRequest {
-        event_id: "E-lease".into(),
-        event_name: "lead".into(),
+        key: key.clone(),
+        occurred_at: Some(occurred),
         source: "site-widget".into(),
         ingested_at: None,
     };
-    let key = EventKey::new("E-lease", "lead");
     assert!(
         a.claim(std::slice::from_ref(&claim))
             .await

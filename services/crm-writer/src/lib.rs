@@ -40,6 +40,10 @@ pub static REGISTRATION: Registration = Registration {
     title: "the CRM (HubSpot, or a signed webhook)",
     metrics_port: 9104,
     acceptance_window: |_| None,
+    retention: leadpipe_consumer::registry::Retention::Days {
+        variable: "DELIVERY_RETENTION_DAYS_CRM",
+        default_days: 30,
+    },
     check_mapping: |cfg| {
         cfg::crm_fields(cfg)
             .and_then(|_| cfg::crm_mappings(cfg))

@@ -42,6 +42,7 @@ pub static REGISTRATION: Registration = Registration {
     title: "GA4 Measurement Protocol",
     metrics_port: 9102,
     acceptance_window: |_| Some(payload::MAX_AGE),
+    retention: leadpipe_consumer::registry::Retention::AcceptanceWindow(payload::MAX_AGE),
     check_mapping: |cfg| cfg::ga4_mappings(cfg).map(|_| ()),
     missing_credentials: || {
         leadpipe_config::error::missing_from_env(&["GA4_MEASUREMENT_ID", "GA4_API_SECRET"])

@@ -46,6 +46,9 @@ pub static REGISTRATION: Registration = Registration {
     title: "Google Ads",
     metrics_port: 9103,
     acceptance_window: payload::acceptance_window,
+    retention: leadpipe_consumer::registry::Retention::AcceptanceWindow(
+        payload::MAX_CONVERSION_AGE,
+    ),
     check_mapping: |cfg| cfg::google_ads_mappings(cfg, None).map(|_| ()),
     missing_credentials: cfg::missing_from_env,
 };

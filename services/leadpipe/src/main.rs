@@ -1,7 +1,10 @@
 //! `leadpipe`: the operator CLI (SPEC §6).
 //!
 //! # Layout
-//! - `migrate`: applies the database migrations (creating the database if needed).
+//! - `migrate`: applies the database migrations (creating the database if needed) and
+//!   makes the enabled destinations' delivery-log partitions.
+//! - `maintain`: one round of delivery-log partition maintenance (made ahead, dropped past
+//!   the retention), as the senders run it on a timer.
 //! - `topology apply|delete|definitions`: declares, removes or exports the namespace's
 //!   exchanges, queues and bindings.
 //! - `send`: signs and posts a JSONL file of events to ingest, with progress.
@@ -11,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 mod dlq;
+mod maintain;
 mod send;
 mod trace;
 
@@ -35,6 +39,9 @@ struct Cli {
 enum Command {
     /// Apply the database migrations to DATABASE_URL (creates the database if missing).
     Migrate,
+    /// Make the delivery log's time partitions ahead and drop those past each destination's
+    /// retention (the senders do it on a timer), then say what each destination's log holds.
+    Maintain(maintain::MaintainArgs),
     /// Manage the RabbitMQ topology of LEADPIPE_NAMESPACE on AMQP_URL.
     Topology {
         #[command(subcommand)]
@@ -125,6 +132,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 "database migrated ({} migrations)",
                 leadpipe_db::MIGRATOR.iter().count()
             );
+            for r in leadpipe_registry::enabled()? {
+                println!("{}", maintain::round(&pool, r).await?);
+            }
         }
         Command::Topology { action } => {
             let amqp = AmqpSettings::from_env()?;
@@ -190,6 +200,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Send(args) => return send::run(args).await,
+        Command::Maintain(args) => return maintain::run(args).await,
         Command::Trace { event_id } => return trace::run(&event_id).await,
         Command::Dlq { action } => {
             return match action {

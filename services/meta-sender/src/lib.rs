@@ -37,6 +37,7 @@ pub static REGISTRATION: Registration = Registration {
     title: "Meta Conversions API",
     metrics_port: 9101,
     acceptance_window: |_| Some(payload::MAX_AGE),
+    retention: leadpipe_consumer::registry::Retention::AcceptanceWindow(payload::MAX_AGE),
     check_mapping: |cfg| cfg::meta_mappings(cfg).map(|_| ()),
     missing_credentials: || {
         leadpipe_config::error::missing_from_env(&["META_PIXEL_ID", "META_ACCESS_TOKEN"])

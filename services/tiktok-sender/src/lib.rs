@@ -38,6 +38,7 @@ pub static REGISTRATION: Registration = Registration {
     title: "TikTok Events API",
     metrics_port: 9105,
     acceptance_window: |_| Some(payload::MAX_AGE),
+    retention: leadpipe_consumer::registry::Retention::AcceptanceWindow(payload::MAX_AGE),
     check_mapping: |cfg| cfg::tiktok_mappings(cfg).map(|_| ()),
     missing_credentials: || {
         leadpipe_config::error::missing_from_env(&["TIKTOK_PIXEL_CODE", "TIKTOK_ACCESS_TOKEN"])

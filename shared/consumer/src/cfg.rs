@@ -53,6 +53,9 @@ pub struct RuntimeSettings {
     /// `MAX_POLLS`: verdict requests for an accepted event before it is dead-lettered as
     /// `verdict_timeout` (destinations that report later only).
     pub max_polls: u32,
+    /// How long the delivery log keeps this destination's rows: its registered
+    /// [`Retention`](crate::registry::Retention), or `DELIVERY_RETENTION_SECS`.
+    pub retention: chrono::Duration,
 }
 
 impl RuntimeSettings {
@@ -74,6 +77,7 @@ impl RuntimeSettings {
             pause_after_failed_batches: 5,
             max_polls: 30,
             dry_run: false,
+            retention: chrono::Duration::days(30),
         }
     }
 
@@ -107,6 +111,18 @@ impl RuntimeSettings {
         )?;
         s.max_polls = env::parse_or("MAX_POLLS", s.max_polls, "a number of polls")?;
         s.dry_run = env::flag("DRY_RUN", s.dry_run)?;
+        s.retention = registration.retention.from_env()?;
+        if let Ok(own) = registration.retention.own()
+            && s.retention < own
+        {
+            tracing::warn!(
+                destination = registration.name(),
+                retention_secs = s.retention.num_seconds(),
+                own_secs = own.num_seconds(),
+                "DELIVERY_RETENTION_SECS is shorter than this destination's own retention: a copy \
+                 of an event whose row was dropped inside its acceptance window would be sent again"
+            );
+        }
         for (key, bad) in [
             ("BATCH_SIZE", s.batch_size == 0),
             ("PREFETCH", s.prefetch == 0),

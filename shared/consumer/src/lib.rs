@@ -29,6 +29,7 @@ pub mod http;
 pub mod metrics;
 pub mod outcome;
 pub mod registry;
+pub mod retention;
 pub mod retry;
 pub mod service;
 pub mod store;
@@ -116,9 +117,13 @@ impl<A: Adapter> Sender<A> {
             std::process::id(),
             &uuid::Uuid::new_v4().simple().to_string()[..8]
         );
-        let store = store::Store::new(pool, destination.as_str(), owner, settings.lease);
-        let (flow, _) = tokio::sync::watch::channel(Flow::Open);
         let metrics = metrics::Metrics::new(destination.as_str());
+        // Partitions before the store: it reads whether rows from before partitioning are left.
+        retention::maintain_once(&pool, destination.as_str(), settings.retention, &metrics).await;
+        let store = store::Store::open(pool, destination.as_str(), owner, settings.lease)
+            .await
+            .map_err(RuntimeError::Database)?;
+        let (flow, _) = tokio::sync::watch::channel(Flow::Open);
         metrics.dry_run.set(i64::from(settings.dry_run));
         let probe_wait = worker::ProbeWait::first(&settings);
         let shared = Arc::new(Shared {
@@ -170,6 +175,14 @@ impl<A: Adapter> Sender<A> {
         };
         let depth = tokio::spawn(poll_depth(shared.clone(), shutdown.clone()));
         let prober = tokio::spawn(worker::run_prober(shared.clone(), shutdown.clone()));
+        let maintenance = tokio::spawn(retention::run(
+            shared.store.pool().clone(),
+            destination.as_str(),
+            shared.settings.retention,
+            leadpipe_db::partitions::maintenance_period(shared.store.width()),
+            shared.metrics.clone(),
+            shutdown.clone(),
+        ));
         let workers: Vec<_> = (0..shared.settings.concurrency)
             .map(|i| tokio::spawn(worker::run_worker(shared.clone(), i, shutdown.clone())))
             .collect();
@@ -192,6 +205,7 @@ impl<A: Adapter> Sender<A> {
         }
         prober.abort();
         depth.abort();
+        maintenance.abort();
         http_stop.cancel();
         let _ = server.await;
         tracing::info!(destination = destination.as_str(), "sender stopped");

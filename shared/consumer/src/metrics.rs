@@ -43,6 +43,12 @@ pub struct Metrics {
     pub publish_holds: IntCounter,
     /// `leadpipe_dry_run{destination}`: 1 when the sender runs in `DRY_RUN`.
     pub dry_run: IntGauge,
+    /// `leadpipe_delivery_log_partitions_dropped_total{destination}`: time partitions of the
+    /// delivery log dropped past the retention.
+    pub partitions_dropped: IntCounter,
+    /// `leadpipe_delivery_log_maintenance_failures_total{destination}`: rounds of partition
+    /// maintenance that failed (the log grows until one succeeds).
+    pub maintenance_failures: IntCounter,
 }
 
 impl Metrics {
@@ -121,6 +127,14 @@ impl Metrics {
             "leadpipe_publish_holds_total",
             "Batches held because their retries or dead letters could not be routed.",
         );
+        let partitions_dropped = counter(
+            "leadpipe_delivery_log_partitions_dropped_total",
+            "Time partitions of the delivery log dropped past the destination's retention.",
+        );
+        let maintenance_failures = counter(
+            "leadpipe_delivery_log_maintenance_failures_total",
+            "Rounds of delivery-log partition maintenance that failed.",
+        );
         let dry_run = IntGauge::with_opts(c(Opts::new(
             "leadpipe_dry_run",
             "1 while the sender runs in DRY_RUN: nothing is sent to the destination.",
@@ -139,6 +153,8 @@ impl Metrics {
             Box::new(lost_leases.clone()),
             Box::new(publish_holds.clone()),
             Box::new(dry_run.clone()),
+            Box::new(partitions_dropped.clone()),
+            Box::new(maintenance_failures.clone()),
         ] {
             registry.register(m).expect("metric names are unique");
         }
@@ -156,6 +172,8 @@ impl Metrics {
             lost_leases,
             publish_holds,
             dry_run,
+            partitions_dropped,
+            maintenance_failures,
         }
     }
 }

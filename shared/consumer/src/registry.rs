@@ -27,12 +27,78 @@ pub struct Registration {
     /// How old an event the destination still takes (`None`: any age), from the same
     /// constants the sender's own `expired` decision uses: the CLI's replay refusal reads it.
     pub acceptance_window: fn(&Envelope) -> Option<chrono::Duration>,
+    /// How long the delivery log keeps its rows ([`Retention`]).
+    pub retention: Retention,
     /// Reads the destination's sections of the mapping config into its typed mapping,
     /// naming the key that is wrong.
     pub check_mapping: fn(&MappingConfig) -> Result<(), ConfigError>,
     /// The variables this environment lacks to send for real (`make run` starts the sender
     /// in DRY_RUN when any is missing, and says which).
     pub missing_credentials: fn() -> Vec<&'static str>,
+}
+
+/// The variable that, set, keeps every destination's delivery-log rows this many seconds
+/// instead of its own retention (benchmarks and soaks: below an acceptance window, a copy of an
+/// event may be sent twice).
+pub const RETENTION_OVERRIDE_VARIABLE: &str = "DELIVERY_RETENTION_SECS";
+
+/// How long past an acceptance window a row is kept (clock skew between the sender that
+/// decides `expired` and the one that drops partitions, with room to spare).
+pub const RETENTION_MARGIN: chrono::Duration = chrono::Duration::days(1);
+
+/// How long the delivery log keeps a destination's rows: past that, a copy of an event finds
+/// no row and is handled as new.
+#[derive(Debug, Clone, Copy)]
+pub enum Retention {
+    /// The longest acceptance window of any of its events: rows are kept that long plus
+    /// [`RETENTION_MARGIN`]. A copy older than the window is recorded `expired` before any
+    /// request, so a dropped row cannot make it sent twice.
+    AcceptanceWindow(chrono::Duration),
+    /// No window (the CRM, whose writes are upserts): `variable` days, `default_days` when
+    /// unset.
+    Days {
+        /// The variable (`DELIVERY_RETENTION_DAYS_CRM`).
+        variable: &'static str,
+        /// Its default.
+        default_days: u32,
+    },
+}
+
+impl Retention {
+    /// How long rows are kept without [`RETENTION_OVERRIDE_VARIABLE`].
+    pub fn own(&self) -> Result<chrono::Duration, ConfigError> {
+        match *self {
+            Self::AcceptanceWindow(window) => Ok(window + RETENTION_MARGIN),
+            Self::Days {
+                variable,
+                default_days,
+            } => {
+                let days: u32 = env::parse_or(variable, default_days, "a number of days")?;
+                if days == 0 {
+                    return Err(ConfigError::invalid(variable, "must be at least 1"));
+                }
+                Ok(chrono::Duration::days(i64::from(days)))
+            }
+        }
+    }
+
+    /// How long rows are kept: [`RETENTION_OVERRIDE_VARIABLE`] when set, else [`Self::own`].
+    pub fn from_env(&self) -> Result<chrono::Duration, ConfigError> {
+        let own = self.own()?;
+        match env::optional(RETENTION_OVERRIDE_VARIABLE) {
+            None => Ok(own),
+            Some(_) => {
+                let secs: u32 = env::parse_or(RETENTION_OVERRIDE_VARIABLE, 0, "seconds")?;
+                if secs < 60 {
+                    return Err(ConfigError::invalid(
+                        RETENTION_OVERRIDE_VARIABLE,
+                        "must be at least 60 seconds",
+                    ));
+                }
+                Ok(chrono::Duration::seconds(i64::from(secs)))
+            }
+        }
+    }
 }
 
 impl Registration {
@@ -206,6 +272,7 @@ mod tests {
         title: "One",
         metrics_port: 1,
         acceptance_window: none,
+        retention: Retention::AcceptanceWindow(chrono::Duration::days(1)),
         check_mapping: ok,
         missing_credentials: Vec::new,
     };
@@ -216,6 +283,7 @@ mod tests {
         title: "Two",
         metrics_port: 2,
         acceptance_window: none,
+        retention: Retention::AcceptanceWindow(chrono::Duration::days(1)),
         check_mapping: refuses,
         missing_credentials: Vec::new,
     };

@@ -1,6 +1,9 @@
 //! Idempotency keys and the delivery log in Postgres (SPEC §5), one row per
 //! (destination, event_id, event_name): Meta deduplicates on the event name together with the
-//! id, so one client id used for a `lead` and its `won` is two deliveries.
+//! id, so one client id used for a `lead` and its `won` is two deliveries. The row also carries
+//! its time partition (`bucket`, from the event's `occurred_at`: the same for every copy of
+//! the event, see `leadpipe_db::partitions`), and every statement names it, so each touches
+//! one partition.
 //!
 //! A batch is claimed in one statement: a new key, a `retrying` key, or an `in_flight` key
 //! whose lease expired (its worker died) becomes `in_flight` with our lease; no transaction
@@ -15,23 +18,31 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
-use leadpipe_db::DeliveryStatus;
+use leadpipe_db::{DeliveryStatus, partitions};
 
-/// What identifies one delivery of a destination: the event's id and its canonical name.
+/// What identifies one delivery of a destination: the event's id and its canonical name, and
+/// the time partition its row is in.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct EventKey {
     /// The event's id.
     pub event_id: String,
     /// Its canonical name (`lead`, `won`, …).
     pub event_name: String,
+    /// The start of its time partition (see [`Store::bucket_of`]).
+    pub bucket: DateTime<Utc>,
 }
 
 impl EventKey {
-    /// The key of `event_id` under `event_name`.
-    pub fn new(event_id: impl Into<String>, event_name: impl Into<String>) -> Self {
+    /// The key of `event_id` under `event_name`, in the partition starting at `bucket`.
+    pub fn new(
+        event_id: impl Into<String>,
+        event_name: impl Into<String>,
+        bucket: DateTime<Utc>,
+    ) -> Self {
         Self {
             event_id: event_id.into(),
             event_name: event_name.into(),
+            bucket,
         }
     }
 }
@@ -45,10 +56,10 @@ impl std::fmt::Display for EventKey {
 /// One event to claim.
 #[derive(Debug, Clone)]
 pub struct ClaimRequest {
-    /// The event's id.
-    pub event_id: String,
-    /// Its canonical name (part of the key).
-    pub event_name: String,
+    /// Its key.
+    pub key: EventKey,
+    /// When it happened.
+    pub occurred_at: Option<DateTime<Utc>>,
     /// Its source.
     pub source: String,
     /// When ingest accepted it.
@@ -68,21 +79,39 @@ pub struct Claim {
     pub awaiting: HashMap<EventKey, Option<String>>,
 }
 
-/// The keys of rows returned as `(event_id, event_name)`.
-fn key_set(rows: Vec<(String, String)>) -> HashSet<EventKey> {
+/// A key as a statement returns it: (event id, name, bucket).
+type KeyRow = (String, String, DateTime<Utc>);
+
+/// The keys of rows returned as `(event_id, event_name, bucket)`.
+fn key_set(rows: Vec<KeyRow>) -> HashSet<EventKey> {
     rows.into_iter()
-        .map(|(id, name)| EventKey::new(id, name))
+        .map(|(id, name, bucket)| EventKey::new(id, name, bucket))
         .collect()
 }
 
-/// Keys as the two arrays a statement unnests: event ids and event names.
-fn columns<'a>(keys: impl Iterator<Item = &'a EventKey>) -> (Vec<&'a str>, Vec<&'a str>) {
-    keys.map(|k| (k.event_id.as_str(), k.event_name.as_str()))
-        .unzip()
+/// Keys as the three arrays a statement unnests: event ids, event names and buckets.
+type Columns<'a> = (Vec<&'a str>, Vec<&'a str>, Vec<DateTime<Utc>>);
+
+fn columns<'a>(keys: impl Iterator<Item = &'a EventKey>) -> Columns<'a> {
+    let mut out: Columns<'a> = (Vec::new(), Vec::new(), Vec::new());
+    for k in keys {
+        out.0.push(k.event_id.as_str());
+        out.1.push(k.event_name.as_str());
+        out.2.push(k.bucket);
+    }
+    out
 }
 
-/// A row a claim did not take: (event id, name, status, lease seconds left, reference).
-type FoundRow = (String, String, String, Option<f64>, Option<String>);
+/// A row a claim did not take: (event id, name, bucket, status, lease seconds left,
+/// reference).
+type FoundRow = (
+    String,
+    String,
+    DateTime<Utc>,
+    String,
+    Option<f64>,
+    Option<String>,
+);
 
 /// One outcome to write.
 #[derive(Debug, Clone)]
@@ -112,17 +141,60 @@ pub struct Store {
     destination: &'static str,
     owner: String,
     lease: Duration,
+    width: chrono::TimeDelta,
+    legacy: bool,
 }
 
 impl Store {
-    /// A store for `destination`; `owner` names this worker in leases.
-    pub fn new(pool: PgPool, destination: &'static str, owner: String, lease: Duration) -> Self {
-        Self {
+    /// A store for `destination`; `owner` names this worker in leases. Reads the width of
+    /// the log's time partitions, and whether rows from before partitioning are left.
+    pub async fn open(
+        pool: PgPool,
+        destination: &'static str,
+        owner: String,
+        lease: Duration,
+    ) -> leadpipe_db::Result<Self> {
+        let width = partitions::partition_width(&pool).await?;
+        let legacy: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+            .bind(format!(
+                "{}_legacy",
+                partitions::destination_table(destination)
+            ))
+            .fetch_one(&pool)
+            .await?;
+        Ok(Self {
             pool,
             destination,
             owner,
             lease,
-        }
+            width,
+            legacy,
+        })
+    }
+
+    /// The key of an event: its id and name, in the partition of `occurred_at` (of its
+    /// `ingested_at` when it has none: a body that never passed validation).
+    pub fn key_of(&self, env: &leadpipe_events::Envelope) -> EventKey {
+        let time = env
+            .event
+            .occurred_at_utc()
+            .or_else(|| {
+                DateTime::parse_from_rfc3339(&env.ingested_at)
+                    .ok()
+                    .map(|t| t.with_timezone(&Utc))
+            })
+            .unwrap_or(partitions::LEGACY_BUCKET);
+        EventKey::new(env.event_id.clone(), env.event.name(), self.bucket_of(time))
+    }
+
+    /// The width of the delivery log's time partitions.
+    pub fn width(&self) -> chrono::TimeDelta {
+        self.width
+    }
+
+    /// The start of the time partition holding `t`.
+    pub fn bucket_of(&self, t: DateTime<Utc>) -> DateTime<Utc> {
+        partitions::bucket_of(self.width, t)
     }
 
     /// The same store for one consumer channel of this process: each channel leases under
@@ -150,28 +222,59 @@ impl Store {
         &self.pool
     }
 
-    /// Claims `events` (ids unique within the call) in one statement.
+    /// Claims `events` (keys unique within the call) in one statement (two while rows from
+    /// before partitioning are left: an open one is first moved into its event's partition).
     pub async fn claim(&self, events: &[ClaimRequest]) -> sqlx::Result<Claim> {
-        let ids: Vec<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
-        let names: Vec<&str> = events.iter().map(|e| e.event_name.as_str()).collect();
+        let (ids, names, buckets) = columns(events.iter().map(|e| &e.key));
         let sources: Vec<&str> = events.iter().map(|e| e.source.as_str()).collect();
         let ingested: Vec<Option<DateTime<Utc>>> = events.iter().map(|e| e.ingested_at).collect();
-        let claimed: Vec<(String, String)> = sqlx::query_as(
+        let occurred: Vec<Option<DateTime<Utc>>> = events.iter().map(|e| e.occurred_at).collect();
+        if self.legacy {
+            sqlx::query(
+                "WITH u AS (SELECT * FROM unnest($2::text[], $3::text[], $4::timestamptz[],
+                                                 $5::timestamptz[]) AS u(id, name, bucket, occurred)),
+                 moved AS (
+                     DELETE FROM deliveries l USING u
+                     WHERE l.destination = $1 AND l.bucket = $6 AND l.event_id = u.id
+                       AND l.event_name = u.name
+                       AND l.status IN ('in_flight', 'retrying', 'accepted')
+                     RETURNING l.destination, l.event_id, l.status, l.attempts, l.event_name,
+                               l.source, l.lease_owner, l.lease_expires_at, l.last_http_status,
+                               l.last_error_code, l.last_error_message, l.destination_ref,
+                               l.dry_run_payload, l.ingested_at, l.first_seen_at, l.updated_at,
+                               l.sent_at, u.occurred, u.bucket)
+                 INSERT INTO deliveries SELECT * FROM moved ON CONFLICT DO NOTHING",
+            )
+            .bind(self.destination)
+            .bind(&ids)
+            .bind(&names)
+            .bind(&buckets)
+            .bind(&occurred)
+            .bind(partitions::LEGACY_BUCKET)
+            .execute(&self.pool)
+            .await?;
+        }
+        let claimed: Vec<KeyRow> = sqlx::query_as(
             "INSERT INTO deliveries AS d
                  (destination, event_id, status, event_name, source, ingested_at,
-                  lease_owner, lease_expires_at)
+                  lease_owner, lease_expires_at, occurred_at, bucket)
              SELECT $1, u.id, 'in_flight', u.name, u.source, u.ingested, $2,
-                    now() + make_interval(secs => $3)
-             FROM unnest($4::text[], $5::text[], $6::text[], $7::timestamptz[])
-                  AS u(id, name, source, ingested)
-             ON CONFLICT (destination, event_id, event_name) DO UPDATE
+                    now() + make_interval(secs => $3), u.occurred, u.bucket
+             FROM unnest($4::text[], $5::text[], $6::text[], $7::timestamptz[],
+                         $8::timestamptz[], $9::timestamptz[])
+                  AS u(id, name, source, ingested, occurred, bucket)
+             WHERE NOT ($10::bool AND EXISTS (
+                 SELECT 1 FROM deliveries l
+                 WHERE l.destination = $1 AND l.bucket = $11 AND l.event_id = u.id
+                   AND l.event_name = u.name))
+             ON CONFLICT (destination, event_id, event_name, bucket) DO UPDATE
              SET status = 'in_flight', lease_owner = EXCLUDED.lease_owner,
                  lease_expires_at = EXCLUDED.lease_expires_at, updated_at = now()
              WHERE d.status = 'retrying'
                 OR (d.status = 'in_flight'
                     AND (d.lease_expires_at IS NULL OR d.lease_expires_at < now()
                          OR d.lease_owner = EXCLUDED.lease_owner))
-             RETURNING d.event_id, d.event_name",
+             RETURNING d.event_id, d.event_name, d.bucket",
         )
         .bind(self.destination)
         .bind(&self.owner)
@@ -180,40 +283,51 @@ impl Store {
         .bind(&names)
         .bind(&sources)
         .bind(&ingested)
+        .bind(&occurred)
+        .bind(&buckets)
+        .bind(self.legacy)
+        .bind(partitions::LEGACY_BUCKET)
         .fetch_all(&self.pool)
         .await?;
         let mut claim = Claim {
             claimed: key_set(claimed),
             ..Claim::default()
         };
-        let rest: Vec<&ClaimRequest> = events
+        let rest: Vec<&EventKey> = events
             .iter()
-            .filter(|e| {
-                !claim
-                    .claimed
-                    .contains(&EventKey::new(e.event_id.clone(), e.event_name.clone()))
-            })
+            .map(|e| &e.key)
+            .filter(|k| !claim.claimed.contains(*k))
             .collect();
         if rest.is_empty() {
             return Ok(claim);
         }
-        let rest_ids: Vec<&str> = rest.iter().map(|e| e.event_id.as_str()).collect();
-        let rest_names: Vec<&str> = rest.iter().map(|e| e.event_name.as_str()).collect();
+        let (rest_ids, rest_names, rest_buckets) = columns(rest.iter().copied());
+        // A decided row from before partitioning answers for its event's key.
         let rows: Vec<FoundRow> = sqlx::query_as(
-            "SELECT d.event_id, d.event_name, d.status,
+            "SELECT d.event_id, d.event_name, u.bucket, d.status,
                     EXTRACT(EPOCH FROM (d.lease_expires_at - now()))::float8, d.destination_ref
-             FROM deliveries d
-             JOIN unnest($2::text[], $3::text[]) AS u(id, name)
-               ON d.event_id = u.id AND d.event_name = u.name
-             WHERE d.destination = $1",
+             FROM unnest($2::text[], $3::text[], $4::timestamptz[]) AS u(id, name, bucket)
+             JOIN deliveries d
+               ON d.destination = $1 AND d.event_id = u.id AND d.event_name = u.name
+              AND d.bucket = u.bucket
+             UNION ALL
+             SELECT d.event_id, d.event_name, u.bucket, d.status, NULL, d.destination_ref
+             FROM unnest($2::text[], $3::text[], $4::timestamptz[]) AS u(id, name, bucket)
+             JOIN deliveries d
+               ON d.destination = $1 AND d.event_id = u.id AND d.event_name = u.name
+              AND d.bucket = $6
+             WHERE $5",
         )
         .bind(self.destination)
         .bind(&rest_ids)
         .bind(&rest_names)
+        .bind(&rest_buckets)
+        .bind(self.legacy)
+        .bind(partitions::LEGACY_BUCKET)
         .fetch_all(&self.pool)
         .await?;
-        for (id, name, status, left, reference) in rows {
-            let id = EventKey::new(id, name);
+        for (id, name, bucket, status, left, reference) in rows {
+            let id = EventKey::new(id, name, bucket);
             match DeliveryStatus::parse(&status) {
                 Some(DeliveryStatus::Accepted) => {
                     claim.awaiting.insert(id, reference);
@@ -236,19 +350,20 @@ impl Store {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let (ids, names) = columns(keys.iter());
-        let held: Vec<(String, String)> = sqlx::query_as(
+        let (ids, names, buckets) = columns(keys.iter());
+        let held: Vec<KeyRow> = sqlx::query_as(
             "UPDATE deliveries AS d SET lease_expires_at = now() + make_interval(secs => $3)
-             FROM unnest($4::text[], $5::text[]) AS u(id, name)
+             FROM unnest($4::text[], $5::text[], $6::timestamptz[]) AS u(id, name, bucket)
              WHERE d.destination = $1 AND d.event_id = u.id AND d.event_name = u.name
-               AND d.lease_owner = $2 AND d.status = 'in_flight'
-             RETURNING d.event_id, d.event_name",
+               AND d.bucket = u.bucket AND d.lease_owner = $2 AND d.status = 'in_flight'
+             RETURNING d.event_id, d.event_name, d.bucket",
         )
         .bind(self.destination)
         .bind(&self.owner)
         .bind(self.lease.as_secs_f64())
         .bind(&ids)
         .bind(&names)
+        .bind(&buckets)
         .fetch_all(&self.pool)
         .await?;
         let held: HashSet<EventKey> = key_set(held);
@@ -266,7 +381,7 @@ impl Store {
         if records.is_empty() {
             return Ok(Vec::new());
         }
-        let (ids, names) = columns(records.iter().map(|r| &r.key));
+        let (ids, names, buckets) = columns(records.iter().map(|r| &r.key));
         // '' stands for "leave as is" (release) and NULL-able columns use '' / 0 / '' as
         // absent, turned back into NULL in SQL.
         let statuses: Vec<&str> = records
@@ -296,7 +411,7 @@ impl Store {
                     .unwrap_or_default()
             })
             .collect();
-        let written: Vec<(String, String)> = sqlx::query_as(
+        let written: Vec<KeyRow> = sqlx::query_as(
             "UPDATE deliveries AS d SET
                  status = COALESCE(NULLIF(u.status, ''), d.status),
                  attempts = d.attempts + u.tried,
@@ -312,11 +427,11 @@ impl Store {
                  lease_expires_at = CASE WHEN u.status = '' THEN now() ELSE NULL END,
                  updated_at = now()
              FROM unnest($3::text[], $4::text[], $5::int4[], $6::int4[], $7::text[],
-                         $8::text[], $9::text[], $10::text[], $11::text[])
-                  AS u(id, status, tried, http, code, msg, ref, payload, name)
+                         $8::text[], $9::text[], $10::text[], $11::text[], $12::timestamptz[])
+                  AS u(id, status, tried, http, code, msg, ref, payload, name, bucket)
              WHERE d.destination = $1 AND d.event_id = u.id AND d.event_name = u.name
-               AND d.lease_owner = $2
-             RETURNING d.event_id, d.event_name",
+               AND d.bucket = u.bucket AND d.lease_owner = $2
+             RETURNING d.event_id, d.event_name, d.bucket",
         )
         .bind(self.destination)
         .bind(&self.owner)
@@ -329,6 +444,7 @@ impl Store {
         .bind(&refs)
         .bind(&payloads)
         .bind(&names)
+        .bind(&buckets)
         .fetch_all(&self.pool)
         .await?;
         let written: HashSet<EventKey> = key_set(written);
@@ -346,23 +462,24 @@ impl Store {
         if verdicts.is_empty() {
             return Ok(HashSet::new());
         }
-        let (ids, names) = columns(verdicts.iter().map(|v| &v.key));
+        let (ids, names, buckets) = columns(verdicts.iter().map(|v| &v.key));
         let statuses: Vec<&str> = verdicts.iter().map(|v| v.status.as_str()).collect();
         let codes: Vec<Option<&str>> = verdicts.iter().map(|v| v.error_code.as_deref()).collect();
         let messages: Vec<Option<&str>> = verdicts
             .iter()
             .map(|v| v.error_message.as_deref())
             .collect();
-        let done: Vec<(String, String)> = sqlx::query_as(
+        let done: Vec<KeyRow> = sqlx::query_as(
             "UPDATE deliveries AS d
              SET status = u.status, last_error_code = u.code, last_error_message = u.message,
                  sent_at = CASE WHEN u.status = 'sent' THEN now() ELSE d.sent_at END,
                  updated_at = now()
-             FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
-                  AS u(id, status, code, message, name)
+             FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                         $7::timestamptz[])
+                  AS u(id, status, code, message, name, bucket)
              WHERE d.destination = $1 AND d.event_id = u.id AND d.event_name = u.name
-               AND d.status = 'accepted'
-             RETURNING d.event_id, d.event_name",
+               AND d.bucket = u.bucket AND d.status = 'accepted'
+             RETURNING d.event_id, d.event_name, d.bucket",
         )
         .bind(self.destination)
         .bind(&ids)
@@ -370,6 +487,7 @@ impl Store {
         .bind(&codes)
         .bind(&messages)
         .bind(&names)
+        .bind(&buckets)
         .fetch_all(&self.pool)
         .await?;
         Ok(key_set(done))

@@ -5,8 +5,12 @@
 //! - [`connect`]: a pool to `DATABASE_URL`, creating the database when it does not exist.
 //! - [`migrate`]: applies the embedded migrations; safe to run from every replica at once.
 //! - [`DeliveryStatus`]: the statuses of the delivery log (SPEC §5).
+//! - [`partitions`]: the delivery log's time partitions, created ahead and dropped past a
+//!   destination's retention.
 
 #![forbid(unsafe_code)]
+
+pub mod partitions;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -26,6 +30,9 @@ pub enum Error {
     /// A migration failed.
     #[error("migrating the database failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The request cannot be done as asked (the reason says why).
+    #[error("{0}")]
+    Refused(String),
     /// Any other query failure.
     #[error(transparent)]
     Query(#[from] sqlx::Error),

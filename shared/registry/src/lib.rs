@@ -86,6 +86,34 @@ mod tests {
     }
 
     #[test]
+    fn every_ad_destination_keeps_its_rows_past_the_window_of_each_of_its_events() {
+        use leadpipe_consumer::registry::{RETENTION_MARGIN, Retention};
+        let plain = serde_json::json!({"schema_version": 1, "event_id": "e", "ingested_at": "2026-12-07T00:00:00Z",
+            "event": {"source": "s", "event_name": "won", "occurred_at": "2026-12-07T00:00:00Z"}});
+        let mut retraction = plain.clone();
+        retraction["event"]["event_name"] = "refund".into();
+        retraction["event"]["refund"] = serde_json::json!({"kind": "full"});
+        for r in REGISTRY.all() {
+            for body in [&plain, &retraction] {
+                let env: leadpipe_events::Envelope = serde_json::from_value(body.clone()).unwrap();
+                match (r.retention, (r.acceptance_window)(&env)) {
+                    (Retention::AcceptanceWindow(kept), Some(window)) => {
+                        assert!(kept >= window, "{}: {kept} < {window}", r.name());
+                        assert!(r.retention.own().unwrap() == kept + RETENTION_MARGIN);
+                    }
+                    (Retention::Days { .. }, None) => {}
+                    (retention, window) => {
+                        panic!(
+                            "{}: retention {retention:?} with window {window:?}",
+                            r.name()
+                        )
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
     fn the_shipped_mapping_reads_into_every_destination() {
         let cfg = MappingConfig::parse(SHIPPED_DEFAULTS).unwrap();
         REGISTRY.check_mapping(&cfg).unwrap();

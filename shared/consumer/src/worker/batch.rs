@@ -102,7 +102,7 @@ pub(super) async fn process_batch<A: Adapter>(
 ) -> anyhow::Result<BatchReport> {
     let now = Utc::now();
     let batch_started = SystemTime::now();
-    let mut slots: Vec<Slot> = batch.into_iter().map(decode).collect();
+    let mut slots: Vec<Slot> = batch.into_iter().map(|d| decode(d, store)).collect();
 
     // Lag, and duplicates within the batch.
     let mut first_of: HashMap<EventKey, usize> = HashMap::new();
@@ -126,8 +126,8 @@ pub(super) async fn process_batch<A: Adapter>(
         }
         first_of.insert(key.clone(), i);
         claims.push(ClaimRequest {
-            event_id: key.event_id.clone(),
-            event_name: key.event_name.clone(),
+            key: key.clone(),
+            occurred_at: env.event.occurred_at_utc(),
             source: env.event.source_id().to_owned(),
             ingested_at: ingested,
         });
@@ -404,7 +404,7 @@ pub(super) async fn process_batch<A: Adapter>(
 }
 
 /// Reads one delivery's headers and body.
-pub(super) fn decode(delivery: Delivery) -> Slot {
+pub(super) fn decode(delivery: Delivery, store: &Store) -> Slot {
     let attempts = header_u32(delivery.properties.headers().as_ref(), headers::ATTEMPTS);
     let polls = header_u32(delivery.properties.headers().as_ref(), headers::POLLS);
     let decoded = serde_json::from_slice::<Envelope>(&delivery.data);
@@ -429,9 +429,7 @@ pub(super) fn decode(delivery: Delivery) -> Slot {
         ),
     };
     Slot {
-        key: envelope
-            .as_ref()
-            .map(|e| EventKey::new(e.event_id.clone(), e.event.name())),
+        key: envelope.as_ref().map(|e| store.key_of(e)),
         delivery,
         attempts,
         polls,

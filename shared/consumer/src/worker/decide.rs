@@ -309,7 +309,7 @@ mod tests {
     }
 
     fn key() -> EventKey {
-        EventKey::new("E1", "lead")
+        EventKey::new("E1", "lead", chrono::DateTime::UNIX_EPOCH)
     }
 
     fn failure() -> Failure {

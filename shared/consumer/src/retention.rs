@@ -1,0 +1,66 @@
+//! Keeping the delivery log bounded: each sender maintains its own destination's time
+//! partitions (`leadpipe_db::partitions`) once before it consumes, then every
+//! [`maintenance_period`](leadpipe_db::partitions::maintenance_period), creating them ahead
+//! and dropping those past its retention.
+
+use chrono::Utc;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use leadpipe_db::partitions::{self, Maintained};
+
+use crate::metrics::Metrics;
+
+/// One round for `destination`, logged; a failure is counted and logged, never fatal (a
+/// missing partition only sends rows to the default one).
+pub async fn maintain_once(
+    pool: &PgPool,
+    destination: &'static str,
+    retention: chrono::Duration,
+    metrics: &Metrics,
+) -> Option<Maintained> {
+    match partitions::maintain(pool, destination, retention, Utc::now()).await {
+        Ok(done) => {
+            metrics.partitions_dropped.inc_by(done.dropped.len() as u64);
+            if done.changed() {
+                tracing::info!(
+                    destination,
+                    created = ?done.created,
+                    dropped = ?done.dropped,
+                    moved_rows = done.moved_rows,
+                    pruned_rows = done.pruned_rows,
+                    retention_secs = retention.num_seconds(),
+                    "delivery log partitions maintained"
+                );
+            }
+            Some(done)
+        }
+        Err(e) => {
+            metrics.maintenance_failures.inc();
+            tracing::warn!(
+                destination,
+                error = %e,
+                "delivery log partition maintenance failed; trying again next round"
+            );
+            None
+        }
+    }
+}
+
+/// Maintains every `period` until `shutdown`.
+pub async fn run(
+    pool: PgPool,
+    destination: &'static str,
+    retention: chrono::Duration,
+    period: std::time::Duration,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(period) => {}
+        }
+        maintain_once(&pool, destination, retention, &metrics).await;
+    }
+}
