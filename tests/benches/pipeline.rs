@@ -231,7 +231,14 @@ async fn main() {
             for i in (w..total).step_by(WORKERS) {
                 let due = started + Duration::from_secs_f64(i as f64 / rate);
                 tokio::time::sleep_until(due.into()).await;
-                let now = chrono::Utc::now();
+                // The stream's events happened 30 minutes before `now`; with a retention of
+                // minutes they must be recent, or they would be past it on arrival.
+                let now = chrono::Utc::now()
+                    + if retention_secs.is_some() {
+                        chrono::Duration::minutes(30)
+                    } else {
+                        chrono::Duration::zero()
+                    };
                 let (e, _) = event(i, now - chrono::Duration::milliseconds(i as i64));
                 let body = serde_json::to_vec(&e).unwrap();
                 let t = Instant::now();

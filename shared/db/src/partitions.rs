@@ -147,8 +147,9 @@ pub fn interval_table(destination: &str, start: DateTime<Utc>) -> String {
     )
 }
 
-/// One round for `destination` (a registered name: `Destination::as_str`) at `now`: its table exists, interval tables exist from the
-/// one before now's to [`ahead`] of now, tables whose interval ended more than `retention`
+/// One round for `destination` (a registered name: `Destination::as_str`) at `now`: its
+/// table exists, interval tables exist from the one before now's (the last hour's, for
+/// intervals under an hour) to [`ahead`] of now, tables whose interval ended more than `retention`
 /// ago are dropped, and the default partition loses its rows past `retention`. One
 /// transaction; a replica that finds another one at it does nothing (`busy`).
 pub async fn maintain(
@@ -181,8 +182,10 @@ pub async fn maintain(
         done.created.push(parent.clone());
     }
 
-    // Interval tables from the one before now's to `ahead` of now.
-    let mut start = bucket_of(width, now) - width;
+    // Interval tables from the one before now's (the last hour's, for narrow ones; no older
+    // than the retention) to `ahead` of now.
+    let behind = width.max(TimeDelta::hours(1)).min(retention.max(width));
+    let mut start = bucket_of(width, now - behind).max(bucket_of(width, now) - behind);
     let last = bucket_of(width, now + ahead(width));
     while start <= last {
         let table = interval_table(destination, start);
