@@ -9,7 +9,7 @@ run: export LEADPIPE_NAMESPACE ?= leadpipe
 run: export INGEST_ADDR ?= 127.0.0.1:8080
 run: export LOG_FORMAT ?= pretty
 
-.PHONY: run test e2e fuzz services tools build release lint fmt bench soak clean-namespaces help
+.PHONY: run test test-cluster cluster e2e fuzz services tools build release lint fmt bench soak clean-namespaces help
 
 help:
 	@echo "make run    - build and run the pipeline against local RabbitMQ/Postgres"
@@ -17,6 +17,8 @@ help:
 	@echo "make e2e    - the whole pipeline as processes with 20,000 events (E2E_EVENTS to change)"
 	@echo "make fuzz   - property-based fuzzing of the parser and the webhook mapper"
 	@echo "make bench  - throughput/latency/RSS benchmarks with the broker's own ceiling"
+	@echo "make cluster - a three-node RabbitMQ cluster on ports 5701-5703 (scripts/rabbit-cluster.sh)"
+	@echo "make test-cluster - the pipeline on that cluster: a node killed, two stopped"
 	@echo "make soak   - the whole pipeline at 2,000 events/s for 10 minutes (SOAK_SECS, PIPELINE_RATE)"
 
 ## Start RabbitMQ and PostgreSQL if needed (installed-but-stopped, or docker compose).
@@ -52,6 +54,16 @@ test: services tools
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace
+
+## A three-node RabbitMQ cluster beside the broker on 5672 (scripts/rabbit-cluster.sh).
+cluster:
+	scripts/rabbit-cluster.sh start
+
+## The cluster tests (tests/cluster/): a node killed, then two stopped, under the whole
+## pipeline (the tests start the cluster, or skip saying why); it is stopped afterwards.
+test-cluster: services build
+	AMQP_URL=$$(scripts/rabbit-cluster.sh urls) $(CARGO) test -p leadpipe-tests --test cluster -- --nocapture; \
+		rc=$$?; scripts/rabbit-cluster.sh stop || true; exit $$rc
 
 ## The whole pipeline as processes with 20,000 events (make test runs it with 400).
 e2e: services build

@@ -39,6 +39,7 @@ pub fn all_topology() -> leadpipe_bus::topology::TopologySettings {
     leadpipe_bus::topology::TopologySettings::for_destinations(
         leadpipe_registry::REGISTRY.destinations(),
     )
+    .with_quorum_group_size(leadpipe_bus::node_urls(&amqp_url()).len() as u32)
 }
 
 /// The broker every test uses (`AMQP_URL`, else the SPEC default).
@@ -146,6 +147,7 @@ pub async fn spawn_ingest(opts: IngestOptions) -> TestIngest {
         amqp: AmqpSettings {
             url: opts.amqp_url,
             namespace: namespace.clone(),
+            quorum_group_size: 1,
         },
         sources: vec![
             Source {
@@ -293,7 +295,8 @@ pub fn sign(secret: &str, ts: i64, body: &[u8]) -> String {
 pub struct Broker {
     /// Names of the namespace.
     pub names: Names,
-    conn: Connection,
+    /// Its connection.
+    pub conn: Connection,
     /// A channel for declarations and reads.
     pub channel: Channel,
 }
@@ -942,6 +945,7 @@ impl Pipeline {
             AmqpSettings {
                 url: opts.amqp_url.clone().unwrap_or_else(amqp_url),
                 namespace: self.names.namespace().to_owned(),
+                quorum_group_size: 1,
             },
             leadpipe_config::DatabaseSettings {
                 url: opts

@@ -250,7 +250,7 @@ async fn open_loop(addr: std::net::SocketAddr, bodies: &Arc<Vec<Vec<u8>>>, rate:
 async fn main() {
     let names = Names::new(unique_namespace("bench"));
     let broker = Broker::connect(names.clone()).await;
-    topology::declare(&broker.channel, &names, &leadpipe_tests::all_topology())
+    topology::declare(&broker.conn, &names, &leadpipe_tests::all_topology())
         .await
         .unwrap();
 

@@ -380,3 +380,32 @@ async fn a_copy_of_an_event_whose_row_was_dropped_is_recorded_expired_not_sent_f
     }
     p.cleanup().await;
 }
+
+#[tokio::test]
+async fn senders_starting_together_each_make_their_tables_without_a_deadlock() {
+    // Arrange: a log no sender has maintained yet.
+    let (url, pool) = fresh_database().await;
+    let names: Vec<&str> = leadpipe_registry::REGISTRY
+        .all()
+        .iter()
+        .map(|r| r.name())
+        .collect();
+
+    // Act: every destination's first round at once.
+    let rounds = futures::future::join_all(names.iter().map(|d| {
+        let pool = pool.clone();
+        async move { partitions::maintain(&pool, d, TimeDelta::days(8), Utc::now()).await }
+    }))
+    .await;
+
+    // Assert
+    for (d, round) in names.iter().zip(rounds) {
+        let round = round.unwrap_or_else(|e| panic!("{d}: {e}"));
+        assert!(
+            round.created.contains(&partitions::destination_table(d)),
+            "{d}: {round:?}"
+        );
+    }
+    pool.close().await;
+    leadpipe_tests::drop_database(&url).await;
+}

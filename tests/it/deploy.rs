@@ -377,6 +377,7 @@ async fn no_service_settings_print_a_secret_in_debug() {
         amqp: leadpipe_config::AmqpSettings {
             url: "amqp://leadpipe:hunter2-amqp@127.0.0.1:5672/%2f".into(),
             namespace: "x".into(),
+            quorum_group_size: 1,
         },
         sources: vec![leadpipe_config::sources::Source {
             id: "site-widget".into(),

@@ -15,13 +15,9 @@ const WAIT: Duration = Duration::from_secs(20);
 
 async fn declared() -> Broker {
     let broker = Broker::connect(Names::new(unique_namespace("t"))).await;
-    topology::declare(
-        &broker.channel,
-        &broker.names,
-        &leadpipe_tests::all_topology(),
-    )
-    .await
-    .unwrap();
+    topology::declare(&broker.conn, &broker.names, &leadpipe_tests::all_topology())
+        .await
+        .unwrap();
     broker
 }
 
@@ -46,13 +42,9 @@ async fn declaring_twice_is_harmless_and_keeps_messages() {
     publish(&broker, &broker.names.events_exchange(), "lead.site", "m1").await;
 
     // Act
-    topology::declare(
-        &broker.channel,
-        &broker.names,
-        &leadpipe_tests::all_topology(),
-    )
-    .await
-    .unwrap();
+    topology::declare(&broker.conn, &broker.names, &leadpipe_tests::all_topology())
+        .await
+        .unwrap();
 
     // Assert
     for q in broker.work_queues() {
@@ -183,7 +175,7 @@ async fn a_queue_that_exists_with_other_arguments_is_reported_by_name() {
         .unwrap();
 
     // Act
-    let err = topology::declare(&broker.channel, &names, &leadpipe_tests::all_topology())
+    let err = topology::declare(&broker.conn, &names, &leadpipe_tests::all_topology())
         .await
         .unwrap_err()
         .to_string();
@@ -204,7 +196,7 @@ async fn a_message_that_keeps_crashing_its_consumer_is_parked_in_the_dlq_by_the_
     // without an ack) every time it receives the message.
     let broker = Broker::connect(Names::new(unique_namespace("t"))).await;
     topology::declare(
-        &broker.channel,
+        &broker.conn,
         &broker.names,
         &TopologySettings {
             delivery_limit: 2,
@@ -259,4 +251,73 @@ async fn a_message_that_keeps_crashing_its_consumer_is_parked_in_the_dlq_by_the_
     assert_eq!(parked[0].message_id().as_deref(), Some("crasher"));
     assert_eq!(broker.depth(&meta).await, 0);
     broker.delete().await;
+}
+
+#[tokio::test]
+async fn a_queue_made_with_another_quorum_group_size_is_kept_not_refused() {
+    // Arrange: queues made by clients that listed three nodes, holding a message.
+    let broker = Broker::connect(Names::new(unique_namespace("t"))).await;
+    let three = leadpipe_tests::all_topology().with_quorum_group_size(3);
+    topology::declare(&broker.conn, &broker.names, &three)
+        .await
+        .unwrap();
+    publish(&broker, &broker.names.events_exchange(), "lead.site", "m1").await;
+
+    // Act: a client with one node (no group size) and one with two declare again.
+    for size in [1, 2] {
+        topology::declare(
+            &broker.conn,
+            &broker.names,
+            &leadpipe_tests::all_topology().with_quorum_group_size(size),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("group size {size}: {e}"));
+    }
+
+    // Assert: the queues and their message are still there; another argument still fails.
+    for q in broker.work_queues() {
+        assert_eq!(
+            broker.take(&q, 1, WAIT).await[0].message_id().as_deref(),
+            Some("m1"),
+            "{q}"
+        );
+    }
+    let err = topology::declare(
+        &broker.conn,
+        &broker.names,
+        &TopologySettings {
+            delivery_limit: 3,
+            ..three
+        },
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("x-delivery-limit"), "{err}");
+    broker.delete().await;
+}
+
+#[tokio::test]
+async fn a_client_given_a_list_of_nodes_connects_to_one_that_answers() {
+    // Arrange: a node that refuses (nothing listens on port 1) before the real one.
+    let list = format!(
+        "amqp://guest:guest@127.0.0.1:1/%2f, {}",
+        leadpipe_tests::amqp_url()
+    );
+
+    // Act / Assert: every connection gets through, whichever node it tries first.
+    for _ in 0..3 {
+        let conn = leadpipe_bus::connect(&list, "leadpipe-tests")
+            .await
+            .unwrap();
+        assert!(conn.status().connected());
+        let _ = conn.close(200, "done".into()).await;
+    }
+    let dead = "amqp://guest:guest@127.0.0.1:1/%2f,amqp://guest:guest@127.0.0.1:2/%2f";
+    assert!(leadpipe_bus::connect(dead, "leadpipe-tests").await.is_err());
+    assert!(
+        leadpipe_bus::connect(" , ", "leadpipe-tests")
+            .await
+            .is_err()
+    );
 }

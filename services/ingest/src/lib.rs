@@ -59,7 +59,8 @@ impl Application {
         let mut publisher_settings = PublisherSettings::new(
             settings.amqp.url.clone(),
             "ingest",
-            TopologySettings::for_destinations(settings.destinations.iter().copied()),
+            TopologySettings::for_destinations(settings.destinations.iter().copied())
+                .with_quorum_group_size(settings.amqp.quorum_group_size),
         );
         publisher_settings.confirm_timeout = settings.confirm_timeout;
         publisher_settings.channels = settings.publish_channels;

@@ -152,7 +152,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             match action {
                 TopologyAction::Apply => {
                     let settings = leadpipe_registry::enabled_topology()?;
-                    topology::declare(&channel, &names, &settings)
+                    topology::declare(&conn, &names, &settings)
                         .await
                         .context("declaring the topology")?;
                     println!(

@@ -432,9 +432,7 @@ async fn supervise(inner: Arc<Inner>, shutdown: CancellationToken) {
 
 async fn open(inner: &Inner) -> crate::Result<(Connection, Vec<Channel>)> {
     let conn = crate::connect(&inner.settings.url, &inner.settings.connection_name).await?;
-    let setup = conn.create_channel().await?;
-    topology::declare(&setup, &inner.names, &inner.settings.topology).await?;
-    let _ = setup.close(200, "topology declared".into()).await;
+    topology::declare(&conn, &inner.names, &inner.settings.topology).await?;
     let mut channels = Vec::with_capacity(inner.settings.channels.max(1));
     for _ in 0..inner.settings.channels.max(1) {
         let channel = conn.create_channel().await?;

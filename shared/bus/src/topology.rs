@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{Channel, ExchangeKind};
+use lapin::{Channel, Connection, ExchangeKind};
 
 use crate::names::{DELAY_TIERS, Destination, Names, tier_label};
 use crate::{Error, Result};
@@ -32,20 +32,34 @@ pub struct TopologySettings {
     /// The destinations whose work and dead-letter queues are declared (the enabled ones,
     /// `LEADPIPE_DESTINATIONS`). The exchanges and delay queues are declared in any case.
     pub destinations: Vec<Destination>,
+    /// How many nodes hold a replica of each quorum queue when it is created
+    /// (`x-quorum-initial-group-size`; `AMQP_QUORUM_GROUP_SIZE`, else the nodes in
+    /// `AMQP_URL`). At 1 the argument is left out, as before clusters were supported, so the
+    /// queues of a single-node install keep their declaration.
+    pub quorum_group_size: u32,
 }
 
 impl TopologySettings {
-    /// The default delivery limit, queues for `destinations`.
+    /// The default delivery limit, queues for `destinations`, one replica.
     pub fn for_destinations(destinations: impl IntoIterator<Item = Destination>) -> Self {
         Self {
             delivery_limit: DEFAULT_DELIVERY_LIMIT,
             destinations: destinations.into_iter().collect(),
+            quorum_group_size: 1,
+        }
+    }
+
+    /// The same with `size` replicas per quorum queue.
+    pub fn with_quorum_group_size(self, size: u32) -> Self {
+        Self {
+            quorum_group_size: size.max(1),
+            ..self
         }
     }
 }
 
 /// A queue argument value.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Arg {
     /// A string argument.
     Text(String),
@@ -99,9 +113,17 @@ fn text(v: &str) -> Arg {
 }
 
 /// Arguments of every queue here. Quorum queues replicate and fsync before confirming, which
-/// is what makes a `202` durable (SPEC §1.1).
-fn quorum() -> Vec<(&'static str, Arg)> {
-    vec![("x-queue-type", text("quorum"))]
+/// is what makes a `202` durable (SPEC §1.1); on a cluster, a majority of `group_size`
+/// replicas must have the message.
+fn quorum(group_size: u32) -> Vec<(&'static str, Arg)> {
+    let mut args = vec![("x-queue-type", text("quorum"))];
+    if group_size > 1 {
+        args.push((
+            "x-quorum-initial-group-size",
+            Arg::Int(i64::from(group_size)),
+        ));
+    }
+    args
 }
 
 /// At-least-once dead-lettering (which needs `reject-publish` overflow) keeps a dead letter
@@ -140,12 +162,12 @@ pub fn plan(names: &Names, settings: &TopologySettings) -> Plan {
         let dlq = names.dead_letter_queue(d);
         queues.push(QueueSpec {
             name: dlq.clone(),
-            arguments: quorum(),
+            arguments: quorum(settings.quorum_group_size),
         });
         bind(names.dead_letter_exchange(), &dlq, d.as_str().to_owned());
 
         let work = names.work_queue(d);
-        let mut args = quorum();
+        let mut args = quorum(settings.quorum_group_size);
         dead_lettering(&mut args, &names.dead_letter_exchange(), Some(d.as_str()));
         args.push((
             "x-delivery-limit",
@@ -166,7 +188,7 @@ pub fn plan(names: &Names, settings: &TopologySettings) -> Plan {
     }
     for tier in DELAY_TIERS {
         let q = names.delay_queue(tier);
-        let mut args = quorum();
+        let mut args = quorum(settings.quorum_group_size);
         // Expired messages keep their routing key `<tier>.<destination>`, which the
         // redeliver exchange routes back to the destination's work queue.
         dead_lettering(&mut args, &names.redeliver_exchange(), None);
@@ -188,9 +210,16 @@ pub fn plan(names: &Names, settings: &TopologySettings) -> Plan {
     p
 }
 
-/// Declares every exchange, queue and binding of `names`' namespace.
-pub async fn declare(channel: &Channel, names: &Names, settings: &TopologySettings) -> Result<()> {
+/// Declares every exchange, queue and binding of `names`' namespace, on a channel of its own
+/// on `conn`.
+///
+/// A quorum queue that exists with another `x-quorum-initial-group-size` is kept as it is
+/// (that size only counts when a queue is created; `rabbitmq-queues grow` adds replicas to
+/// one that exists), with a warning: clients given another list of nodes, or a cluster grown
+/// since, still start. Any other argument that differs is an error naming the queue.
+pub async fn declare(conn: &Connection, names: &Names, settings: &TopologySettings) -> Result<()> {
     let p = plan(names, settings);
+    let mut channel = conn.create_channel().await?;
     for e in &p.exchanges {
         let kind = if e.kind == "direct" {
             ExchangeKind::Direct
@@ -222,7 +251,7 @@ pub async fn declare(channel: &Channel, names: &Names, settings: &TopologySettin
             };
             args.insert((*k).into(), v);
         }
-        channel
+        let declared = channel
             .queue_declare(
                 q.name.as_str().into(),
                 QueueDeclareOptions {
@@ -231,14 +260,43 @@ pub async fn declare(channel: &Channel, names: &Names, settings: &TopologySettin
                 },
                 args,
             )
-            .await
-            .map_err(|source| Error::Declare {
+            .await;
+        let source = match declared {
+            Ok(_) => continue,
+            Err(source) => source,
+        };
+        if !source.to_string().contains("x-quorum-initial-group-size") {
+            return Err(Error::Declare {
                 what: format!(
                     "queue {} (if it exists with other arguments, delete it or use another LEADPIPE_NAMESPACE)",
                     q.name
                 ),
                 source,
+            });
+        }
+        // The refusal closed the channel: check on a new one that the queue is there.
+        channel = conn.create_channel().await?;
+        channel
+            .queue_declare(
+                q.name.as_str().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    durable: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|source| Error::Declare {
+                what: format!("queue {}", q.name),
+                source,
             })?;
+        tracing::warn!(
+            queue = %q.name,
+            quorum_group_size = settings.quorum_group_size,
+            "queue exists with another initial quorum group size; it keeps its replicas \
+             (rabbitmq-queues grow adds members)"
+        );
     }
     for b in &p.bindings {
         channel
@@ -255,6 +313,7 @@ pub async fn declare(channel: &Channel, names: &Names, settings: &TopologySettin
                 source,
             })?;
     }
+    let _ = channel.close(200, "topology declared".into()).await;
     tracing::info!(namespace = names.namespace(), "topology declared");
     Ok(())
 }
@@ -342,6 +401,8 @@ pub fn tier_for(delay: Duration) -> Duration {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashSet;
+
     use super::*;
 
     #[test]
@@ -353,6 +414,7 @@ mod tests {
             &TopologySettings {
                 delivery_limit: 7,
                 destinations: destinations.to_vec(),
+                quorum_group_size: 1,
             },
         );
         for d in destinations {
@@ -366,6 +428,26 @@ mod tests {
                 && b.exchange == n.dead_letter_exchange()
                 && b.routing_key == d.as_str()));
         }
+    }
+
+    #[test]
+    fn quorum_queues_get_an_initial_group_size_only_on_a_cluster() {
+        let n = Names::new("x");
+        let one = TopologySettings::for_destinations([Destination::new("one")]);
+        let size = |p: &Plan| {
+            p.queues
+                .iter()
+                .map(|q| {
+                    q.arguments
+                        .iter()
+                        .find(|(k, _)| *k == "x-quorum-initial-group-size")
+                        .map(|(_, v)| v.clone())
+                })
+                .collect::<HashSet<_>>()
+        };
+        assert_eq!(size(&plan(&n, &one)), HashSet::from([None]));
+        let three = one.with_quorum_group_size(3);
+        assert_eq!(size(&plan(&n, &three)), HashSet::from([Some(Arg::Int(3))]));
     }
 
     #[test]

@@ -34,16 +34,46 @@ pub struct AmqpSettings {
     pub url: String,
     /// `LEADPIPE_NAMESPACE`: the prefix of every exchange and queue name.
     pub namespace: String,
+    /// `AMQP_QUORUM_GROUP_SIZE`: replicas of each quorum queue when it is created (default:
+    /// the number of nodes in `AMQP_URL`).
+    pub quorum_group_size: u32,
 }
 
 impl AmqpSettings {
-    /// Reads `AMQP_URL` and `LEADPIPE_NAMESPACE`.
+    /// Reads `AMQP_URL` (one URL, or a cluster's nodes separated by commas),
+    /// `LEADPIPE_NAMESPACE` and `AMQP_QUORUM_GROUP_SIZE`.
     pub fn from_env() -> Result<Self> {
         let namespace = env::string_or("LEADPIPE_NAMESPACE", DEFAULT_NAMESPACE);
         validate_namespace(&namespace)?;
+        let url = env::string_or("AMQP_URL", DEFAULT_AMQP_URL);
+        let nodes: Vec<&str> = url.split(',').map(str::trim).collect();
+        if let Some(bad) = nodes
+            .iter()
+            .find(|n| !(n.starts_with("amqp://") || n.starts_with("amqps://")))
+        {
+            return Err(ConfigError::invalid(
+                "AMQP_URL",
+                format!(
+                    "{:?} is not an amqp:// or amqps:// URL (a cluster's nodes are separated by commas)",
+                    redacted_url(bad)
+                ),
+            ));
+        }
+        let quorum_group_size = env::parse_or(
+            "AMQP_QUORUM_GROUP_SIZE",
+            u32::try_from(nodes.len()).unwrap_or(u32::MAX),
+            "a number of nodes",
+        )?;
+        if quorum_group_size == 0 {
+            return Err(ConfigError::invalid(
+                "AMQP_QUORUM_GROUP_SIZE",
+                "must be at least 1",
+            ));
+        }
         Ok(Self {
-            url: env::string_or("AMQP_URL", DEFAULT_AMQP_URL),
+            url,
             namespace,
+            quorum_group_size,
         })
     }
 }
@@ -75,9 +105,15 @@ pub struct DatabaseSettings {
 
 impl std::fmt::Debug for AmqpSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let nodes: Vec<String> = self
+            .url
+            .split(',')
+            .map(|u| redacted_url(u.trim()))
+            .collect();
         f.debug_struct("AmqpSettings")
-            .field("url", &redacted_url(&self.url))
+            .field("url", &nodes.join(","))
             .field("namespace", &self.namespace)
+            .field("quorum_group_size", &self.quorum_group_size)
             .finish()
     }
 }
@@ -150,8 +186,10 @@ mod redaction_tests {
             assert_eq!(redacted_url(url), want);
         }
         let amqp = AmqpSettings {
-            url: "amqp://leadpipe:hunter2@rabbitmq:5672/%2f".into(),
+            url: "amqp://leadpipe:hunter2@rabbitmq-0:5672/%2f, amqp://leadpipe:hunter2@rabbitmq:5672/%2f"
+                .into(),
             namespace: "ns".into(),
+            quorum_group_size: 2,
         };
         let db = DatabaseSettings {
             url: "postgres://u:s3cr3t@db/leadpipe".into(),

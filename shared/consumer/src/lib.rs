@@ -105,7 +105,8 @@ impl<A: Adapter> Sender<A> {
                     format!("{}-sender-publisher", destination.as_str()),
                     // A sender declares its own queues only: a destination nobody runs or
                     // enables has none filling up.
-                    TopologySettings::for_destinations([destination]),
+                    TopologySettings::for_destinations([destination])
+                        .with_quorum_group_size(settings.amqp.quorum_group_size),
                 )
             },
             names.clone(),
@@ -119,7 +120,8 @@ impl<A: Adapter> Sender<A> {
         );
         let metrics = metrics::Metrics::new(destination.as_str());
         // Partitions before the store: it reads whether rows from before partitioning are left.
-        retention::maintain_once(&pool, destination.as_str(), settings.retention, &metrics).await;
+        retention::maintain_at_start(&pool, destination.as_str(), settings.retention, &metrics)
+            .await;
         let store = store::Store::open(pool, destination.as_str(), owner, settings.lease)
             .await
             .map_err(RuntimeError::Database)?;

@@ -47,6 +47,34 @@ pub async fn maintain_once(
     }
 }
 
+/// How long a sender tries, before it consumes, to have its partitions made.
+const AT_START: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Rounds until one succeeds (within [`AT_START`]), so that the destination's table and its
+/// partitions exist before the first claim: rows never pile into a default partition because
+/// the senders started together. After that the sender consumes anyway (a claim never fails).
+pub async fn maintain_at_start(
+    pool: &PgPool,
+    destination: &'static str,
+    retention: chrono::Duration,
+    metrics: &Metrics,
+) {
+    let started = std::time::Instant::now();
+    let mut wait = std::time::Duration::from_millis(100);
+    loop {
+        if let Some(done) = maintain_once(pool, destination, retention, metrics).await
+            && !done.busy
+        {
+            return;
+        }
+        if started.elapsed() > AT_START {
+            return;
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(std::time::Duration::from_secs(5));
+    }
+}
+
 /// Maintains every `period` until `shutdown`.
 pub async fn run(
     pool: PgPool,

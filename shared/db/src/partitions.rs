@@ -178,6 +178,12 @@ pub async fn maintain(
 
     let parent = destination_table(destination);
     if !exists(&mut tx, &parent).await? {
+        // Attaching a destination's table locks `deliveries` and its default partition:
+        // destinations take turns (senders starting together would deadlock otherwise).
+        sqlx::query("SELECT pg_advisory_xact_lock($1, 0)")
+            .bind(LOCK_CLASS)
+            .execute(&mut *tx)
+            .await?;
         done.moved_rows += create_destination_table(&mut tx, destination).await?;
         done.created.push(parent.clone());
     }

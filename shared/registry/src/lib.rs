@@ -48,11 +48,14 @@ pub fn enabled() -> Result<Vec<&'static Registration>, ConfigError> {
     REGISTRY.enabled_from_env()
 }
 
-/// The topology of the enabled destinations.
+/// The topology of the enabled destinations, with the quorum group size of `AMQP_URL` /
+/// `AMQP_QUORUM_GROUP_SIZE`.
 pub fn enabled_topology() -> Result<TopologySettings, ConfigError> {
-    Ok(TopologySettings::for_destinations(
-        enabled()?.iter().map(|r| r.destination),
-    ))
+    let amqp = leadpipe_config::AmqpSettings::from_env()?;
+    Ok(
+        TopologySettings::for_destinations(enabled()?.iter().map(|r| r.destination))
+            .with_quorum_group_size(amqp.quorum_group_size),
+    )
 }
 
 #[cfg(test)]
@@ -135,6 +138,18 @@ mod tests {
         assert_eq!(
             shipped, generated,
             "regenerate with: leadpipe topology definitions > deploy/rabbitmq/definitions.json"
+        );
+        let shipped: serde_json::Value = serde_json::from_str(include_str!(
+            "../../../deploy/rabbitmq/definitions-cluster.json"
+        ))
+        .expect("valid JSON");
+        let generated = topology::definitions(&topology::plan(
+            &Names::new("leadpipe"),
+            &all.with_quorum_group_size(3),
+        ));
+        assert_eq!(
+            shipped, generated,
+            "regenerate with: AMQP_QUORUM_GROUP_SIZE=3 leadpipe topology definitions > deploy/rabbitmq/definitions-cluster.json"
         );
     }
 }

@@ -297,6 +297,7 @@ mod tests {
             AmqpSettings {
                 url: String::new(),
                 namespace: "t".into(),
+                quorum_group_size: 1,
             },
             DatabaseSettings { url: String::new() },
             0,
