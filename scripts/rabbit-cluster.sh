@@ -71,19 +71,24 @@ EOF
 
 running() { ctl "$1" status >/dev/null 2>&1; }
 
-start_node() {
+launch_node() {
   local n=$1
   prepare "$n"
   if running "$n"; then return 0; fi
   ( node_env "$n"; "$BIN/rabbitmq-server" -detached )
+}
+
+await_node() {
+  local n=$1 i
   # The VM registers with epmd a moment after -detached returns; await_startup needs it.
-  local i
-  for i in $(seq 1 100); do
-    ctl "$n" await_startup --timeout 60 >/dev/null 2>&1 && return 0
-    sleep 0.3
+  for i in $(seq 1 60); do
+    ctl "$n" await_startup --timeout 10 >/dev/null 2>&1 && return 0
+    sleep 1
   done
   die "node $n did not start; see $DIR/node$n/log"
 }
+
+start_node() { launch_node "$1"; await_node "$1"; }
 
 join() {
   local n=$1 first; first=$(node_name 1)
@@ -104,7 +109,9 @@ check_node() { [[ "${1:-}" =~ ^[123]$ ]] || die "name a node: 1, 2 or 3"; }
 case "${1:-}" in
   start)
     mkdir -p "$DIR"
-    for n in "${NODES[@]}"; do start_node "$n"; done
+    # All at once: a node that stopped before its peers waits for them to boot.
+    for n in "${NODES[@]}"; do launch_node "$n"; done
+    for n in "${NODES[@]}"; do await_node "$n"; done
     for n in 2 3; do join "$n"; done
     echo "cluster of 3 nodes running:"
     echo "  AMQP_URL=$(urls)"
