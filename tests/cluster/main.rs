@@ -16,7 +16,6 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use leadpipe_tests::stream::{Driver, Posted, Processes, Repeats, Stream, check};
-use leadpipe_tests::{Pipeline, eventually};
 
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -128,19 +127,7 @@ async fn post_timing_503s(
 }
 
 async fn pipeline_under_way() -> (Processes, Stream, Driver, std::ops::Range<usize>) {
-    let p = Pipeline::new().await;
-    let run = Processes::start(p, None, 1, vec![]).await;
-    let stream = Stream::new(EVENTS);
-    let mut driver = run.driver();
-    let (first, rest) = stream.halves();
-    driver.post(&stream, first).await;
-    assert!(
-        eventually(Duration::from_secs(60), || async {
-            run.requests_seen() >= 4
-        })
-        .await
-    );
-    (run, stream, driver, rest)
+    Processes::under_way(EVENTS, Duration::ZERO).await
 }
 
 #[tokio::test]

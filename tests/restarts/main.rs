@@ -163,24 +163,7 @@ async fn a_database_restart_mid_stream_loses_nothing_and_sends_nothing_twice() {
 
 /// The whole pipeline as processes, half of a mixed stream posted and requests flowing.
 async fn pipeline_under_way() -> (Processes, Stream, Driver, std::ops::Range<usize>) {
-    let p = Pipeline::new().await;
-    let latency = Duration::from_millis(20);
-    p.meta.set_latency(latency);
-    p.ga4.set_latency(latency);
-    p.google.set_latency(latency);
-    p.crm.set_latency(latency);
-    let run = Processes::start(p, None, 1, vec![]).await;
-    let stream = Stream::new(200);
-    let mut driver = run.driver();
-    let (first, rest) = stream.halves();
-    driver.post(&stream, first).await;
-    assert!(
-        eventually(Duration::from_secs(60), || async {
-            run.requests_seen() >= 4
-        })
-        .await
-    );
-    (run, stream, driver, rest)
+    Processes::under_way(200, Duration::from_millis(20)).await
 }
 
 #[tokio::test]

@@ -461,6 +461,31 @@ impl Processes {
         }
     }
 
+    /// The whole pipeline as processes on a new [`Pipeline`] whose fakes answer after
+    /// `latency`, half of a mixed stream of `events` posted and requests flowing: the moment
+    /// to take something away. Returns the run, the stream, its driver and the half left.
+    pub async fn under_way(
+        events: usize,
+        latency: Duration,
+    ) -> (Self, Stream, Driver, Range<usize>) {
+        let p = Pipeline::new().await;
+        for fake in &p.fakes {
+            fake.set_latency(latency);
+        }
+        let run = Self::start(p, None, 1, vec![]).await;
+        let stream = Stream::new(events);
+        let mut driver = run.driver();
+        let (first, rest) = stream.halves();
+        driver.post(&stream, first).await;
+        assert!(
+            eventually(Duration::from_secs(60), || async {
+                run.requests_seen() >= 4
+            })
+            .await
+        );
+        (run, stream, driver, rest)
+    }
+
     /// A driver posting to this ingest.
     pub fn driver(&self) -> Driver {
         Driver::new(&self.ingest.base)

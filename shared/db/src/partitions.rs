@@ -273,14 +273,13 @@ async fn create_destination_table(
         format!("CREATE TABLE {default} PARTITION OF {parent} DEFAULT WITH (fillfactor = 70)"),
     )
     .await?;
-    let moved = sqlx::query(AssertSqlSafe(format!(
-        "WITH moved AS (DELETE FROM deliveries_default WHERE destination = $1 RETURNING *) \
-         INSERT INTO {parent} SELECT * FROM moved"
-    )))
-    .bind(destination)
-    .execute(&mut **tx)
-    .await?
-    .rows_affected();
+    let moved = move_rows(
+        tx,
+        "deliveries_default",
+        &format!("destination = {}", literal(destination)),
+        &parent,
+    )
+    .await?;
     execute(
         tx,
         format!(
@@ -312,13 +311,13 @@ async fn create_interval_table(
         ),
     )
     .await?;
-    let moved = sqlx::query(AssertSqlSafe(format!(
-        "WITH moved AS (DELETE FROM {default} WHERE bucket >= {from} AND bucket < {to} \
-         RETURNING *) INSERT INTO {table_id} SELECT * FROM moved"
-    )))
-    .execute(&mut **tx)
-    .await?
-    .rows_affected();
+    let moved = move_rows(
+        tx,
+        &default,
+        &format!("bucket >= {from} AND bucket < {to}"),
+        &table_id,
+    )
+    .await?;
     execute(
         tx,
         format!(
@@ -327,6 +326,23 @@ async fn create_interval_table(
     )
     .await?;
     Ok(moved)
+}
+
+/// Moves the rows of `from` matching `filter` into `into` (quoted names, a filter of
+/// literals); returns how many.
+async fn move_rows(
+    tx: &mut Transaction<'_, Postgres>,
+    from: &str,
+    filter: &str,
+    into: &str,
+) -> Result<u64> {
+    Ok(sqlx::query(AssertSqlSafe(format!(
+        "WITH moved AS (DELETE FROM {from} WHERE {filter} RETURNING *) \
+         INSERT INTO {into} SELECT * FROM moved"
+    )))
+    .execute(&mut **tx)
+    .await?
+    .rows_affected())
 }
 
 /// The partitions of `table`, by name.
