@@ -9,7 +9,7 @@ run: export LEADPIPE_NAMESPACE ?= leadpipe
 run: export INGEST_ADDR ?= 127.0.0.1:8080
 run: export LOG_FORMAT ?= pretty
 
-.PHONY: run test test-cluster cluster e2e fuzz services tools build release lint fmt bench soak clean-namespaces help
+.PHONY: run test test-cluster cluster e2e fuzz services tools build release lint fmt bench bench-cluster soak clean-namespaces help
 
 help:
 	@echo "make run    - build and run the pipeline against local RabbitMQ/Postgres"
@@ -19,6 +19,7 @@ help:
 	@echo "make bench  - throughput/latency/RSS benchmarks with the broker's own ceiling"
 	@echo "make cluster - a three-node RabbitMQ cluster on ports 5701-5703 (scripts/rabbit-cluster.sh)"
 	@echo "make test-cluster - the pipeline on that cluster: a node killed, two stopped"
+	@echo "make bench-cluster - the pipeline benchmark on one node, then on the cluster (PIPELINE_RATE, PIPELINE_SECS)"
 	@echo "make soak   - the whole pipeline at 2,000 events/s for 10 minutes (SOAK_SECS, PIPELINE_RATE)"
 
 ## Start RabbitMQ and PostgreSQL if needed (installed-but-stopped, or docker compose).
@@ -80,6 +81,12 @@ bench: services
 	$(CARGO) bench -p leadpipe-tests --bench ingest
 	$(CARGO) bench -p leadpipe-tests --bench senders
 	PIPELINE_SECS=$${PIPELINE_SECS:-60} $(CARGO) bench -p leadpipe-tests --bench pipeline
+
+## The whole-pipeline benchmark on the single broker, then on the three-node cluster, at the
+## same rate (PIPELINE_RATE, default 1000; PIPELINE_SECS, default 30): both rates and p99s.
+bench-cluster: services
+	$(CARGO) build --release --workspace --bins
+	scripts/bench-cluster.sh
 
 ## The whole pipeline at a steady rate for 10 minutes (SOAK_SECS, PIPELINE_RATE): lag p99
 ## by minute, memory of every service at start and end, the delivery log's size every 30 s

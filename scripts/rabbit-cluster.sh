@@ -66,7 +66,10 @@ log.file.level = warning
 EOF
   echo '[rabbitmq_management].' > "$base/enabled_plugins"
   : > "$base/rabbitmq-env.conf"
-  echo '[].' > "$base/advanced.config"
+  # RabbitMQ 3.10's at-least-once dead-letter worker (the delay queues' way back to the work
+  # queues) keeps addressing a target's member on a node that is gone, and only sends again
+  # at this timeout (default 180 s) once that node is back: 10 s makes it move on promptly.
+  echo '[{rabbit, [{dead_letter_worker_publisher_confirm_timeout, 10000}]}].' > "$base/advanced.config"
 }
 
 running() { ctl "$1" status >/dev/null 2>&1; }

@@ -396,6 +396,30 @@ impl Broker {
             want,
             "{queue}: wrong number of messages"
         );
+        self.read(queue, count, timeout).await
+    }
+
+    /// Waits until `queue` holds at least `count` ready messages, then reads (and acks) as
+    /// many as it holds: a message published again after its confirm was lost (a node of a
+    /// cluster going away) is read with its copy.
+    pub async fn take_at_least(
+        &self,
+        queue: &str,
+        count: usize,
+        timeout: Duration,
+    ) -> Vec<Received> {
+        let want = u32::try_from(count).unwrap();
+        eventually(timeout, || async { self.depth(queue).await >= want }).await;
+        let held = self.depth(queue).await as usize;
+        assert!(
+            held >= count,
+            "{queue}: {held} messages of at least {count}"
+        );
+        self.read(queue, held, timeout).await
+    }
+
+    /// Reads (and acks) `count` messages of `queue` within `timeout`.
+    async fn read(&self, queue: &str, count: usize, timeout: Duration) -> Vec<Received> {
         let channel = self.conn.create_channel().await.unwrap();
         channel
             .basic_qos(500, BasicQosOptions::default())
@@ -1122,8 +1146,8 @@ impl Pipeline {
             .env("LEASE_SECS", "2")
             .env("RETRY_BASE_MS", "200")
             .env("RUST_LOG", "warn")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stdout(log_file(binary, self.names.namespace()))
+            .stderr(log_file(binary, self.names.namespace()))
             .kill_on_drop(true);
         for (k, v) in env {
             command.env(k, v);
@@ -1210,8 +1234,8 @@ impl Pipeline {
             .env("TEST_SOURCE_SECRET", TEST_SECRET)
             .env("INGEST_ADDR", format!("127.0.0.1:{port}"))
             .env("RUST_LOG", "warn")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stdout(log_file("ingest", self.names.namespace()))
+            .stderr(log_file("ingest", self.names.namespace()))
             .kill_on_drop(true)
             .spawn()
             .expect("ingest starts");
@@ -1314,5 +1338,23 @@ impl Pipeline {
         Broker::connect(self.names.clone()).await.delete().await;
         self.pool.close().await;
         drop_database(&self.database_url).await;
+    }
+}
+
+/// Where a binary started by a test writes its log: nowhere, unless `LEADPIPE_TEST_LOG_DIR`
+/// names a folder, where it appends to `<namespace>-<binary>.log` (its warnings and errors).
+pub fn log_file(binary: &str, namespace: &str) -> std::process::Stdio {
+    let Some(dir) = std::env::var_os("LEADPIPE_TEST_LOG_DIR") else {
+        return std::process::Stdio::null();
+    };
+    let _ = std::fs::create_dir_all(&dir);
+    let path = std::path::Path::new(&dir).join(format!("{namespace}-{binary}.log"));
+    match std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+    {
+        Ok(f) => f.into(),
+        Err(_) => std::process::Stdio::null(),
     }
 }

@@ -471,5 +471,23 @@ async fn main() {
             "MISS"
         }
     );
+    if let Ok(path) = std::env::var("PIPELINE_SUMMARY") {
+        // One line for `scripts/bench-cluster.sh`, which runs this bench on one node and on
+        // the cluster and sets the two side by side.
+        let line = format!(
+            "{}\t{throughput:.0}\t{:.0}\t{:.1}\t{ceiling:.0}\t{}\n",
+            std::env::var("PIPELINE_LABEL").unwrap_or_else(|_| "pipeline".into()),
+            all_p99 * 1000.0,
+            ms(percentile(&lat, 0.99)),
+            if drained { "drained" } else { "NOT drained" }
+        );
+        use std::io::Write;
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| f.write_all(line.as_bytes()))
+            .unwrap_or_else(|e| panic!("PIPELINE_SUMMARY {path}: {e}"));
+    }
     run.stop().await;
 }
