@@ -401,3 +401,66 @@ async fn destinations_lists_the_enabled_ones_with_what_each_lacks_to_send() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn maintain_makes_a_destinations_partitions_and_refuses_a_width_naming_the_flag() {
+    // Arrange: a fresh delivery log.
+    let p = Pipeline::new().await;
+
+    // Act: one round for Meta, with hour-wide partitions.
+    let (ok, out, err) = cli(
+        &p,
+        &[
+            "maintain",
+            "--destination",
+            "meta",
+            "--partition-secs",
+            "3600",
+        ],
+    )
+    .await;
+
+    // Assert: made ahead, and said so.
+    assert!(ok, "{err}");
+    assert!(out.contains("delivery log partitions: 1 h wide"), "{out}");
+    assert!(out.contains("meta: retention 7 d 23 h 59 min;"), "{out}");
+    let (made,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM pg_inherits WHERE inhparent = 'deliveries_meta'::regclass",
+    )
+    .fetch_one(&p.pool)
+    .await
+    .unwrap();
+    assert!(made > 1, "{made} partitions");
+
+    // A width that does not divide a day: refused, naming the flag and the reason.
+    let (ok, _, err) = cli(&p, &["maintain", "--partition-secs", "7000"]).await;
+    assert!(!ok);
+    assert!(err.contains("--partition-secs 7000"), "{err}");
+    assert!(err.contains("must divide a day"), "{err}");
+
+    // A log that holds rows keeps its width.
+    sqlx::query(
+        "INSERT INTO deliveries (destination, event_id, event_name, status, attempts, bucket)
+         VALUES ('meta', 'e1', 'lead', 'sent', 1, date_trunc('hour', now()))",
+    )
+    .execute(&p.pool)
+    .await
+    .unwrap();
+    let (ok, _, err) = cli(&p, &["maintain", "--partition-secs", "86400"]).await;
+    assert!(!ok);
+    assert!(err.contains("--partition-secs 86400"), "{err}");
+    assert!(err.contains("holds rows"), "{err}");
+    let (kept,): (i32,) = sqlx::query_as("SELECT partition_secs FROM delivery_log_settings")
+        .fetch_one(&p.pool)
+        .await
+        .unwrap();
+    assert_eq!(kept, 3600);
+
+    // An unknown destination is named.
+    let (ok, _, err) = cli(&p, &["maintain", "--destination", "myspace"]).await;
+    assert!(!ok);
+    assert!(
+        err.contains("--destination") && err.contains("myspace"),
+        "{err}"
+    );
+}

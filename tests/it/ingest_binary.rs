@@ -36,12 +36,45 @@ async fn a_missing_secret_variable_stops_ingest_at_start_up_naming_it() {
 }
 
 #[tokio::test]
+async fn a_cluster_node_that_is_not_an_amqp_url_is_named_without_its_password() {
+    // Act
+    let out = tokio::process::Command::new(bin_path("ingest"))
+        .env("LEADPIPE_SOURCES", repo_file("config/sources.toml"))
+        .env("SITE_WIDGET_SECRET", "x")
+        .env("INGEST_ADDR", format!("127.0.0.1:{}", free_port()))
+        .env(
+            "AMQP_URL",
+            "amqp://guest:hunter2@127.0.0.1:5701/%2f,http://guest:hunter2@127.0.0.1:5702/",
+        )
+        .output()
+        .await
+        .unwrap();
+
+    // Assert: exit 2, the variable and the entry named, its password not.
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("AMQP_URL"), "{stderr}");
+    assert!(stderr.contains("127.0.0.1:5702"), "{stderr}");
+    assert!(
+        stderr.contains("is not an amqp:// or amqps:// URL"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+}
+
+#[tokio::test]
 async fn a_bad_variable_is_named_at_start_up() {
     for (var, value) in [
         ("INGEST_ADDR", "not-an-address"),
         ("LEADPIPE_NAMESPACE", "has space"),
         ("LEADPIPE_CONFIG", "/nonexistent/leadpipe.toml"),
         ("INGEST_MAX_BODY_BYTES", "lots"),
+        ("AMQP_QUORUM_GROUP_SIZE", "0"),
+        ("AMQP_QUORUM_GROUP_SIZE", "three"),
+        (
+            "AMQP_URL",
+            "amqp://127.0.0.1:5672/%2f,,amqp://127.0.0.1:5673/%2f",
+        ),
     ] {
         let out = tokio::process::Command::new(bin_path("ingest"))
             .env("LEADPIPE_SOURCES", repo_file("config/sources.toml"))

@@ -59,16 +59,25 @@ async fn the_widget_and_messenger_examples_reach_every_destination_as_their_cano
     let ga4 = p.start_ga4(SenderOptions::default()).await;
     let google = p.start_google(SenderOptions::default()).await;
     let crm = p.start_crm(SenderOptions::default()).await;
+    // The examples happened on 2026-12-04; posted as if yesterday, so that no destination's
+    // acceptance window (GA4: 72 h) has passed.
+    let day = chrono::Utc::now().date_naive() - chrono::Days::new(1);
+    let (iso, dmy) = (
+        day.format("%Y-%m-%d").to_string(),
+        day.format("%d/%m/%Y").to_string(),
+    );
+    let recent = |text: &str| text.replace("2026-12-04", &iso).replace("04/12/2026", &dmy);
     // What each payload stands for, written by hand.
     let widget_canonical = json!({
         "source": "acme-widget", "event_name": "lead", "lead_id": "conv_7d1f9a",
-        "occurred_at": "2026-12-04T10:02:11+01:00",
+        "occurred_at": recent("2026-12-04T10:02:11+01:00"),
         "contact": {"email": "juergen.mueller@example.de", "phone": "030 1234567",
                     "first_name": "Jürgen", "last_name": "Müller-Lüdenscheidt", "country": "DE"}
     });
     let messenger_canonical = json!({
         "source": "messenger-forms", "event_name": "lead", "lead_id": "6043219876543210",
-        "occurred_at": "2026-12-04T09:15:00Z", "contact": {"email": "ada.oneil@example.com"}
+        "occurred_at": recent("2026-12-04T09:15:00Z"),
+        "contact": {"email": "ada.oneil@example.com"}
     });
 
     // Act: post the platforms' own payloads.
@@ -77,7 +86,7 @@ async fn the_widget_and_messenger_examples_reach_every_destination_as_their_cano
         ("acme-widget", "widget-lead.json"),
         ("messenger-forms", "messenger-lead.json"),
     ] {
-        let body = std::fs::read(example(file)).unwrap();
+        let body = recent(&std::fs::read_to_string(example(file)).unwrap()).into_bytes();
         let secret = format!(
             "secret-of-{}",
             if source == "acme-widget" {

@@ -36,7 +36,9 @@ pub(crate) async fn run(args: MaintainArgs) -> anyhow::Result<ExitCode> {
     let pool = leadpipe_db::connect(&DatabaseSettings::from_env().url, 2).await?;
     leadpipe_db::migrate(&pool).await?;
     if let Some(secs) = args.partition_secs {
-        partitions::set_partition_width(&pool, TimeDelta::seconds(secs)).await?;
+        partitions::set_partition_width(&pool, TimeDelta::seconds(secs))
+            .await
+            .map_err(|e| anyhow::anyhow!("--partition-secs {secs}: {e}"))?;
     }
     let width = partitions::partition_width(&pool).await?;
     println!("delivery log partitions: {} wide", humanize(width));
