@@ -36,6 +36,13 @@ while read -r name service port missing; do
   lines+=("$(printf '  %-18s http://127.0.0.1:%s/readyz  (logs in .run/%s.log)%s' "$service" "$port" "$service" "$note")")
 done < <($bin/leadpipe destinations)
 
+# The operator console, on this machine only unless CONSOLE_TOKEN is set.
+console_addr=${CONSOLE_ADDR:-127.0.0.1:8090}
+CONSOLE_ADDR=$console_addr $bin/leadpipe console >.run/console.log 2>&1 &
+pids+=($!)
+senders+=(console)
+lines+=("$(printf '  %-18s http://%s/  (find an event by event_id; logs in .run/console.log)' console "$console_addr")")
+
 # A sender that refuses its configuration exits at once: show why instead of a dead pipeline.
 sleep 1
 for i in "${!pids[@]}"; do

@@ -2,6 +2,7 @@
 //! uses its own namespace and database, so they run in parallel.
 
 mod cli;
+mod console;
 mod crm_writer;
 mod crm_writer_binary;
 mod database;

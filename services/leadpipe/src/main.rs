@@ -13,6 +13,7 @@
 
 #![forbid(unsafe_code)]
 
+mod console;
 mod dlq;
 mod maintain;
 mod send;
@@ -57,6 +58,9 @@ enum Command {
     /// The enabled destinations (LEADPIPE_DESTINATIONS), one per line: name, service, metrics
     /// port, and the variables missing to send for real (`-` when none).
     Destinations,
+    /// Serve the operator console on CONSOLE_ADDR (127.0.0.1:8090): find an event's delivery
+    /// at every destination. Needs CONSOLE_TOKEN unless bound to loopback.
+    Console,
     /// Show every destination's delivery of one event.
     Trace {
         /// The event_id ingest returned.
@@ -202,6 +206,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Send(args) => return send::run(args).await,
         Command::Maintain(args) => return maintain::run(args).await,
         Command::Trace { event_id } => return trace::run(&event_id).await,
+        Command::Console => return console::run().await,
         Command::Dlq { action } => {
             return match action {
                 DlqAction::Stats => dlq::stats().await,

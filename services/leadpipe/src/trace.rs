@@ -1,28 +1,45 @@
-//! `leadpipe trace <event_id>`: every destination's delivery log row for one event.
+//! `leadpipe trace <event_id>`: every destination's delivery log row for one event. The
+//! console's event page shows the same rows ([`rows`]).
 
 use std::process::ExitCode;
 
 use chrono::{DateTime, Utc};
+use sqlx::PgPool;
 
 use leadpipe_config::DatabaseSettings;
 use leadpipe_registry::REGISTRY;
 
-type Row = (
-    String,
-    String,
-    String,
-    i32,
-    Option<i32>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    DateTime<Utc>,
-    DateTime<Utc>,
-);
+/// One destination's row for an event: ids, names and codes only (the delivery log holds no
+/// personal data).
+#[derive(Debug, Clone)]
+pub(crate) struct TraceRow {
+    pub destination: String,
+    pub event_name: String,
+    pub status: String,
+    pub attempts: i32,
+    pub last_http_status: Option<i32>,
+    pub last_error_code: Option<String>,
+    pub last_error_message: Option<String>,
+    pub destination_ref: Option<String>,
+    pub first_seen_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
 
-pub(crate) async fn run(event_id: &str) -> anyhow::Result<ExitCode> {
-    let db = DatabaseSettings::from_env();
-    let pool = leadpipe_db::connect(&db.url, 1).await?;
+/// Every registered destination's rows for `event_id`, by destination and event name (a
+/// client may give one id to a lead and its won).
+pub(crate) async fn rows(pool: &PgPool, event_id: &str) -> sqlx::Result<Vec<TraceRow>> {
+    type Row = (
+        String,
+        String,
+        String,
+        i32,
+        Option<i32>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        DateTime<Utc>,
+        DateTime<Utc>,
+    );
     let rows: Vec<Row> = sqlx::query_as(
         "SELECT destination, event_name, status, attempts, last_http_status, last_error_code,
                 last_error_message, destination_ref, first_seen_at, updated_at
@@ -37,31 +54,71 @@ pub(crate) async fn run(event_id: &str) -> anyhow::Result<ExitCode> {
             .collect::<Vec<_>>(),
     )
     .bind(event_id)
-    .fetch_all(&pool)
+    .fetch_all(pool)
     .await?;
+    Ok(rows
+        .into_iter()
+        .map(
+            |(
+                destination,
+                event_name,
+                status,
+                attempts,
+                last_http_status,
+                last_error_code,
+                last_error_message,
+                destination_ref,
+                first_seen_at,
+                updated_at,
+            )| TraceRow {
+                destination,
+                event_name,
+                status,
+                attempts,
+                last_http_status,
+                last_error_code,
+                last_error_message,
+                destination_ref,
+                first_seen_at,
+                updated_at,
+            },
+        )
+        .collect())
+}
+
+/// What to say when an event has no row.
+pub(crate) const NOT_FOUND: &str = "no sender has consumed it yet (it may still wait in the work \
+     queues), or the id is not one ingest returned";
+
+pub(crate) async fn run(event_id: &str) -> anyhow::Result<ExitCode> {
+    let db = DatabaseSettings::from_env();
+    let pool = leadpipe_db::connect(&db.url, 1).await?;
+    let rows = rows(&pool, event_id).await?;
     if rows.is_empty() {
-        eprintln!(
-            "no delivery recorded for {event_id}: no sender has consumed it yet (it may still wait in \
-             the work queues), or the id is not one ingest returned"
-        );
+        eprintln!("no delivery recorded for {event_id}: {NOT_FOUND}");
         return Ok(ExitCode::FAILURE);
     }
     println!("event {event_id}");
-    // One row per destination and event name: a client may give one id to a lead and its won.
-    for (dest, name, status, attempts, http, code, message, reference, first, updated) in rows {
-        println!("  {dest:<11} {name:<12} {status:<16} attempts {attempts}");
-        println!("              first seen {first}, updated {updated}");
-        if let Some(http) = http {
+    for r in rows {
+        println!(
+            "  {:<11} {:<12} {:<16} attempts {}",
+            r.destination, r.event_name, r.status, r.attempts
+        );
+        println!(
+            "              first seen {}, updated {}",
+            r.first_seen_at, r.updated_at
+        );
+        if let Some(http) = r.last_http_status {
             println!("              last HTTP status {http}");
         }
-        if let Some(code) = code {
+        if let Some(code) = r.last_error_code {
             println!(
                 "              last error {code}: {}",
-                message.unwrap_or_default()
+                r.last_error_message.unwrap_or_default()
             );
         }
-        if let Some(r) = reference {
-            println!("              destination reference {r}");
+        if let Some(reference) = r.destination_ref {
+            println!("              destination reference {reference}");
         }
     }
     Ok(ExitCode::SUCCESS)
