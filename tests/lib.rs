@@ -1358,3 +1358,12 @@ pub fn log_file(binary: &str, namespace: &str) -> std::process::Stdio {
         Err(_) => std::process::Stdio::null(),
     }
 }
+
+/// A TCP port free on 127.0.0.1 right now (for a binary's listen address).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

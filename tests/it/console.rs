@@ -3,17 +3,9 @@
 
 use std::time::Duration;
 
-use leadpipe_tests::{Pipeline, bin_path, eventually};
+use leadpipe_tests::{Pipeline, bin_path, eventually, free_port};
 
 const TOKEN: &str = "console-test-token";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// The console on `p`'s database with `TOKEN`, answering; its base URL.
 async fn console(p: &Pipeline) -> (tokio::process::Child, String) {

@@ -4,18 +4,10 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use leadpipe_bus::Names;
-use leadpipe_tests::{Broker, bin_path, eventually, unique_namespace};
+use leadpipe_tests::{Broker, bin_path, eventually, free_port, unique_namespace};
 
 fn repo_file(path: &str) -> String {
     format!("{}/../{path}", env!("CARGO_MANIFEST_DIR"))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[tokio::test]

@@ -11,7 +11,7 @@ use leadpipe_registry::REGISTRY;
 
 /// One destination's row for an event: ids, names and codes only (the delivery log holds no
 /// personal data).
-#[derive(Debug, Clone)]
+#[derive(sqlx::FromRow, Debug, Clone)]
 pub(crate) struct TraceRow {
     pub destination: String,
     pub event_name: String,
@@ -28,19 +28,7 @@ pub(crate) struct TraceRow {
 /// Every registered destination's rows for `event_id`, by destination and event name (a
 /// client may give one id to a lead and its won).
 pub(crate) async fn rows(pool: &PgPool, event_id: &str) -> sqlx::Result<Vec<TraceRow>> {
-    type Row = (
-        String,
-        String,
-        String,
-        i32,
-        Option<i32>,
-        Option<String>,
-        Option<String>,
-        Option<String>,
-        DateTime<Utc>,
-        DateTime<Utc>,
-    );
-    let rows: Vec<Row> = sqlx::query_as(
+    sqlx::query_as(
         "SELECT destination, event_name, status, attempts, last_http_status, last_error_code,
                 last_error_message, destination_ref, first_seen_at, updated_at
          FROM deliveries WHERE destination = ANY($1) AND event_id = $2 ORDER BY destination, event_name",
@@ -55,35 +43,7 @@ pub(crate) async fn rows(pool: &PgPool, event_id: &str) -> sqlx::Result<Vec<Trac
     )
     .bind(event_id)
     .fetch_all(pool)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(
-            |(
-                destination,
-                event_name,
-                status,
-                attempts,
-                last_http_status,
-                last_error_code,
-                last_error_message,
-                destination_ref,
-                first_seen_at,
-                updated_at,
-            )| TraceRow {
-                destination,
-                event_name,
-                status,
-                attempts,
-                last_http_status,
-                last_error_code,
-                last_error_message,
-                destination_ref,
-                first_seen_at,
-                updated_at,
-            },
-        )
-        .collect())
+    .await
 }
 
 /// What to say when an event has no row.
