@@ -1126,11 +1126,7 @@ impl Pipeline {
     /// Starts a sender's real binary on this pipeline (batches of 20, 2 s leases, fast
     /// retries), with `env` for its destination's variables.
     pub fn spawn_sender_binary(&self, binary: &str, env: &[(&str, &str)]) -> tokio::process::Child {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let mut command = tokio::process::Command::new(bin_path(binary));
         command
             .env("AMQP_URL", amqp_url())
@@ -1146,9 +1142,9 @@ impl Pipeline {
             .env("LEASE_SECS", "2")
             .env("RETRY_BASE_MS", "200")
             .env("RUST_LOG", "warn")
-            .stdout(log_file(binary, self.names.namespace()))
-            .stderr(log_file(binary, self.names.namespace()))
             .kill_on_drop(true);
+        let (out, err) = log_files(binary, self.names.namespace());
+        command.stdout(out).stderr(err);
         for (k, v) in env {
             command.env(k, v);
         }
@@ -1206,11 +1202,7 @@ impl Pipeline {
         amqp_url: &str,
         env: &[(&str, String)],
     ) -> IngestProcess {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let sources =
             std::env::temp_dir().join(format!("leadpipe-sources-{}.toml", self.names.namespace()));
         std::fs::write(
@@ -1223,6 +1215,7 @@ impl Pipeline {
         .unwrap();
         let mut command = tokio::process::Command::new(bin_path("ingest"));
         command.envs(env.iter().map(|(k, v)| (*k, v.as_str())));
+        let (out, err) = log_files("ingest", self.names.namespace());
         let child = command
             .env("AMQP_URL", amqp_url)
             .env("LEADPIPE_NAMESPACE", self.names.namespace())
@@ -1234,8 +1227,8 @@ impl Pipeline {
             .env("TEST_SOURCE_SECRET", TEST_SECRET)
             .env("INGEST_ADDR", format!("127.0.0.1:{port}"))
             .env("RUST_LOG", "warn")
-            .stdout(log_file("ingest", self.names.namespace()))
-            .stderr(log_file("ingest", self.names.namespace()))
+            .stdout(out)
+            .stderr(err)
             .kill_on_drop(true)
             .spawn()
             .expect("ingest starts");
@@ -1341,21 +1334,23 @@ impl Pipeline {
     }
 }
 
-/// Where a binary started by a test writes its log: nowhere, unless `LEADPIPE_TEST_LOG_DIR`
-/// names a folder, where it appends to `<namespace>-<binary>.log` (its warnings and errors).
-pub fn log_file(binary: &str, namespace: &str) -> std::process::Stdio {
+/// Where a binary started by a test writes its output and log (stdout, stderr): nowhere,
+/// unless `LEADPIPE_TEST_LOG_DIR` names a folder, where both append to
+/// `<namespace>-<binary>.log` (its warnings and errors).
+pub fn log_files(binary: &str, namespace: &str) -> (std::process::Stdio, std::process::Stdio) {
+    let nowhere = || (std::process::Stdio::null(), std::process::Stdio::null());
     let Some(dir) = std::env::var_os("LEADPIPE_TEST_LOG_DIR") else {
-        return std::process::Stdio::null();
+        return nowhere();
     };
     let _ = std::fs::create_dir_all(&dir);
     let path = std::path::Path::new(&dir).join(format!("{namespace}-{binary}.log"));
-    match std::fs::OpenOptions::new()
+    let file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(&path)
-    {
-        Ok(f) => f.into(),
-        Err(_) => std::process::Stdio::null(),
+        .open(&path);
+    match file.and_then(|f| Ok((f.try_clone()?, f))) {
+        Ok((out, err)) => (out.into(), err.into()),
+        Err(_) => nowhere(),
     }
 }
 

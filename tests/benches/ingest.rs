@@ -293,11 +293,7 @@ async fn main() {
     );
 
     // The real binary, release build.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = leadpipe_tests::free_port();
     let dir = std::env::temp_dir().join(names.namespace());
     std::fs::create_dir_all(&dir).unwrap();
     let sources = dir.join("sources.toml");

@@ -148,11 +148,7 @@ async fn trace_shows_a_google_ads_event_accepted_then_its_final_status() {
 #[tokio::test]
 async fn send_follows_ingest_addr_and_says_truthfully_when_nothing_was_posted() {
     // Arrange: a port nothing listens on.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = leadpipe_tests::free_port();
     let root = format!("{}/..", env!("CARGO_MANIFEST_DIR"));
 
     // Act: INGEST_ADDR says where ingest listens; no INGEST_URL.

@@ -97,11 +97,7 @@ async fn every_sender_without_its_credentials_and_without_dry_run_exits_2_naming
 async fn a_sender_asked_for_dry_run_says_so_in_readyz_and_in_a_metric() {
     // Arrange
     let p = Pipeline::new().await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = leadpipe_tests::free_port();
     let mut child = p.spawn_sender_binary(
         "ga4-sender",
         &[

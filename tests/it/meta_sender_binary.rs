@@ -88,11 +88,7 @@ async fn a_dead_letter_is_logged_inside_the_batch_span_that_names_the_destinatio
     let mut bad = recent_lead("L-span");
     bad["contact"]["email"] = serde_json::json!(leadpipe_tests::fake_meta::REJECTED_EMAIL);
     let id = p.publish(&bad).await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = leadpipe_tests::free_port();
     let mut command = tokio::process::Command::new(leadpipe_tests::bin_path("meta-sender"));
     command
         .env("AMQP_URL", leadpipe_tests::amqp_url())

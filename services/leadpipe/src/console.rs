@@ -20,8 +20,9 @@ use axum::routing::get;
 use maud::{DOCTYPE, Markup, html};
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::PgPool;
+use subtle::ConstantTimeEq;
 
-use leadpipe_config::{ConfigError, DatabaseSettings};
+use leadpipe_config::{ConfigError, DatabaseSettings, env};
 
 /// Where the console listens.
 pub(crate) const DEFAULT_ADDR: &str = "127.0.0.1:8090";
@@ -37,17 +38,12 @@ pub(crate) struct ConsoleSettings {
 impl ConsoleSettings {
     /// Reads `CONSOLE_ADDR` and `CONSOLE_TOKEN`; refuses a non-loopback address without a token.
     pub(crate) fn from_env() -> Result<Self, ConfigError> {
-        let raw = std::env::var("CONSOLE_ADDR").unwrap_or_else(|_| DEFAULT_ADDR.to_owned());
-        let addr: SocketAddr = raw.parse().map_err(|_| {
-            ConfigError::invalid(
-                "CONSOLE_ADDR",
-                format!("{raw:?} is not a host:port address"),
-            )
-        })?;
-        let token = std::env::var("CONSOLE_TOKEN")
-            .ok()
-            .filter(|t| !t.is_empty())
-            .map(SecretString::from);
+        let addr: SocketAddr = env::parse_or(
+            "CONSOLE_ADDR",
+            DEFAULT_ADDR.parse().expect("the default address parses"),
+            "a socket address such as 127.0.0.1:8090",
+        )?;
+        let token = env::optional("CONSOLE_TOKEN").map(SecretString::from);
         if token.is_none() && !addr.ip().is_loopback() {
             return Err(ConfigError::invalid(
                 "CONSOLE_TOKEN",
@@ -90,19 +86,11 @@ pub(crate) async fn run() -> anyhow::Result<ExitCode> {
             "no CONSOLE_TOKEN: open to this machine only"
         }
     );
+    let shutdown = leadpipe_telemetry::shutdown::on_signal();
     axum::serve(listener, router(console))
-        .with_graceful_shutdown(shutdown())
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await?;
     Ok(ExitCode::SUCCESS)
-}
-
-async fn shutdown() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }
 
 fn router(console: Arc<Console>) -> Router {
@@ -122,7 +110,7 @@ async fn authorize(State(console): State<Arc<Console>>, request: Request, next: 
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
         let ok =
-            given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.expose_secret().as_bytes()));
+            given.is_some_and(|g| bool::from(g.as_bytes().ct_eq(token.expose_secret().as_bytes())));
         if !ok {
             return (
                 StatusCode::UNAUTHORIZED,
@@ -133,10 +121,6 @@ async fn authorize(State(console): State<Arc<Console>>, request: Request, next: 
         }
     }
     next.run(request).await
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[derive(serde::Deserialize)]
