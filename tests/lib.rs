@@ -687,6 +687,9 @@ pub mod otlp;
 #[path = "support/stream.rs"]
 pub mod stream;
 
+#[path = "support/browser.rs"]
+pub mod browser;
+
 #[path = "support/storm.rs"]
 pub mod storm;
 

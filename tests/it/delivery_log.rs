@@ -240,6 +240,8 @@ async fn partitioning_keeps_every_existing_row_and_a_claim_honours_them() {
         occurred_at: Some(occurred),
         source: TEST_SOURCE.into(),
         ingested_at: None,
+        lead_id: None,
+        order_id: None,
     };
     let claim = store.claim(&[request("e1"), request("e2")]).await.unwrap();
     assert!(claim.done.contains(&request("e1").key), "{claim:?}");
@@ -274,6 +276,8 @@ async fn partitioning_keeps_every_existing_row_and_a_claim_honours_them() {
             occurred_at: Some(occurred),
             source: TEST_SOURCE.into(),
             ingested_at: None,
+            lead_id: None,
+            order_id: None,
         }])
         .await
         .unwrap();

@@ -377,6 +377,8 @@ async fn an_outcome_written_after_another_worker_took_the_lease_over_is_reported
         occurred_at: Some(occurred),
         source: "site-widget".into(),
         ingested_at: None,
+        lead_id: None,
+        order_id: None,
     };
     assert!(
         a.claim(std::slice::from_ref(&claim))

@@ -434,6 +434,21 @@ pub const STORMPROOF: [(&str, &str); 3] = [
     ("RETRY_MAX_MS", "3000"),
 ];
 
+/// The sender binary of `d` with its metrics listener at `addr`.
+fn spawn_at(
+    p: &Pipeline,
+    d: Destination,
+    addr: &str,
+    env: &[(&'static str, String)],
+) -> tokio::process::Child {
+    let env: Vec<(&str, String)> = env
+        .iter()
+        .cloned()
+        .chain([("METRICS_ADDR", addr.to_owned())])
+        .collect();
+    p.spawn_destination_binary_with(d, &env)
+}
+
 /// The whole pipeline as processes: the real `ingest` binary and each sender's real binary
 /// (`replicas` of each), on one [`Pipeline`]'s namespace, database and fakes.
 pub struct Processes {
@@ -443,6 +458,8 @@ pub struct Processes {
     pub ingest: crate::IngestProcess,
     /// Sender processes, by destination.
     pub senders: Vec<(Destination, tokio::process::Child)>,
+    /// Each sender's `/metrics`, `/healthz`, `/readyz` base URL, in the order of `senders`.
+    pub metrics: Vec<String>,
     env: Vec<(&'static str, String)>,
 }
 
@@ -464,15 +481,19 @@ impl Processes {
             .chain(env)
             .collect();
         let mut senders = Vec::new();
+        let mut metrics = Vec::new();
         for _ in 0..replicas {
             for d in leadpipe_registry::REGISTRY.destinations() {
-                senders.push((d, p.spawn_destination_binary_with(d, &env)));
+                let addr = format!("127.0.0.1:{}", crate::free_port());
+                senders.push((d, spawn_at(&p, d, &addr, &env)));
+                metrics.push(format!("http://{addr}"));
             }
         }
         Self {
             p,
             ingest,
             senders,
+            metrics,
             env,
         }
     }
@@ -524,7 +545,8 @@ impl Processes {
     /// Starts the sender at `index` again (same destination, same variables).
     pub fn restart(&mut self, index: usize) {
         let d = self.senders[index].0;
-        self.senders[index].1 = self.p.spawn_destination_binary_with(d, &self.env);
+        let addr = self.metrics[index].trim_start_matches("http://").to_owned();
+        self.senders[index].1 = spawn_at(&self.p, d, &addr, &self.env);
     }
 
     /// Kills every process and drops the namespace and database.

@@ -58,13 +58,20 @@ enum Command {
     /// The enabled destinations (LEADPIPE_DESTINATIONS), one per line: name, service, metrics
     /// port, and the variables missing to send for real (`-` when none).
     Destinations,
-    /// Serve the operator console on CONSOLE_ADDR (127.0.0.1:8090): find an event's delivery
-    /// at every destination. Needs CONSOLE_TOKEN unless bound to loopback.
+    /// Serve the operator console on CONSOLE_ADDR (127.0.0.1:8090): the overview, find an
+    /// event, dead letters and their replay. Needs CONSOLE_TOKEN unless bound to loopback.
     Console,
-    /// Show every destination's delivery of one event.
+    /// Show every destination's delivery of one event (or of every event of a lead or order).
+    #[command(group(clap::ArgGroup::new("lookup").required(true).args(["event_id", "lead_id", "order_id"])))]
     Trace {
         /// The event_id ingest returned.
-        event_id: String,
+        event_id: Option<String>,
+        /// Every event of this lead (the client's lead_id), newest first.
+        #[arg(long)]
+        lead_id: Option<String>,
+        /// Every event of this order (the client's order_id), newest first.
+        #[arg(long)]
+        order_id: Option<String>,
     },
 }
 
@@ -205,7 +212,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Send(args) => return send::run(args).await,
         Command::Maintain(args) => return maintain::run(args).await,
-        Command::Trace { event_id } => return trace::run(&event_id).await,
+        Command::Trace {
+            event_id,
+            lead_id,
+            order_id,
+        } => {
+            let lookup = match (event_id, lead_id, order_id) {
+                (Some(id), _, _) => trace::Lookup::EventId(id),
+                (_, Some(id), _) => trace::Lookup::LeadId(id),
+                (_, _, Some(id)) => trace::Lookup::OrderId(id),
+                (None, None, None) => unreachable!("clap requires one of them"),
+            };
+            return trace::run(&lookup).await;
+        }
         Command::Console => return console::run().await,
         Command::Dlq { action } => {
             return match action {

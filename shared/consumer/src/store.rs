@@ -64,6 +64,10 @@ pub struct ClaimRequest {
     pub source: String,
     /// When ingest accepted it.
     pub ingested_at: Option<DateTime<Utc>>,
+    /// The client's id of the lead (the console finds an event by it).
+    pub lead_id: Option<String>,
+    /// The client's id of the order (`won`, `refund`).
+    pub order_id: Option<String>,
 }
 
 /// What a claim found for each event.
@@ -229,6 +233,8 @@ impl Store {
         let sources: Vec<&str> = events.iter().map(|e| e.source.as_str()).collect();
         let ingested: Vec<Option<DateTime<Utc>>> = events.iter().map(|e| e.ingested_at).collect();
         let occurred: Vec<Option<DateTime<Utc>>> = events.iter().map(|e| e.occurred_at).collect();
+        let leads: Vec<Option<&str>> = events.iter().map(|e| e.lead_id.as_deref()).collect();
+        let orders: Vec<Option<&str>> = events.iter().map(|e| e.order_id.as_deref()).collect();
         if self.legacy {
             sqlx::query(
                 "WITH u AS (SELECT * FROM unnest($2::text[], $3::text[], $4::timestamptz[],
@@ -242,7 +248,7 @@ impl Store {
                                l.source, l.lease_owner, l.lease_expires_at, l.last_http_status,
                                l.last_error_code, l.last_error_message, l.destination_ref,
                                l.dry_run_payload, l.ingested_at, l.first_seen_at, l.updated_at,
-                               l.sent_at, u.occurred, u.bucket)
+                               l.sent_at, u.occurred, u.bucket, l.lead_id, l.order_id)
                  INSERT INTO deliveries SELECT * FROM moved ON CONFLICT DO NOTHING",
             )
             .bind(self.destination)
@@ -257,12 +263,12 @@ impl Store {
         let claimed: Vec<KeyRow> = sqlx::query_as(
             "INSERT INTO deliveries AS d
                  (destination, event_id, status, event_name, source, ingested_at,
-                  lease_owner, lease_expires_at, occurred_at, bucket)
+                  lease_owner, lease_expires_at, occurred_at, bucket, lead_id, order_id)
              SELECT $1, u.id, 'in_flight', u.name, u.source, u.ingested, $2,
-                    now() + make_interval(secs => $3), u.occurred, u.bucket
+                    now() + make_interval(secs => $3), u.occurred, u.bucket, u.lead, u.ord
              FROM unnest($4::text[], $5::text[], $6::text[], $7::timestamptz[],
-                         $8::timestamptz[], $9::timestamptz[])
-                  AS u(id, name, source, ingested, occurred, bucket)
+                         $8::timestamptz[], $9::timestamptz[], $12::text[], $13::text[])
+                  AS u(id, name, source, ingested, occurred, bucket, lead, ord)
              WHERE NOT ($10::bool AND EXISTS (
                  SELECT 1 FROM deliveries l
                  WHERE l.destination = $1 AND l.bucket = $11 AND l.event_id = u.id
@@ -287,6 +293,8 @@ impl Store {
         .bind(&buckets)
         .bind(self.legacy)
         .bind(partitions::LEGACY_BUCKET)
+        .bind(&leads)
+        .bind(&orders)
         .fetch_all(&self.pool)
         .await?;
         let mut claim = Claim {

@@ -130,6 +130,8 @@ pub(super) async fn process_batch<A: Adapter>(
             occurred_at: env.event.occurred_at_utc(),
             source: env.event.source_id().to_owned(),
             ingested_at: ingested,
+            lead_id: env.event.lead_id.clone(),
+            order_id: env.event.order_id.clone(),
         });
     }
 
