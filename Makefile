@@ -9,7 +9,7 @@ run: export LEADPIPE_NAMESPACE ?= leadpipe
 run: export INGEST_ADDR ?= 127.0.0.1:8080
 run: export LOG_FORMAT ?= pretty
 
-.PHONY: run test test-cluster cluster e2e fuzz services tools build release lint fmt bench bench-cluster soak clean-namespaces help
+.PHONY: run test test-cluster cluster e2e fuzz services tools build release lint fmt bench bench-cluster soak screenshots clean-namespaces help
 
 help:
 	@echo "make run    - build and run the pipeline against local RabbitMQ/Postgres"
@@ -20,6 +20,7 @@ help:
 	@echo "make cluster - a three-node RabbitMQ cluster on ports 5701-5703 (scripts/rabbit-cluster.sh)"
 	@echo "make test-cluster - the pipeline on that cluster: a node killed, two stopped"
 	@echo "make bench-cluster - the pipeline benchmark on one node, then on the cluster (PIPELINE_RATE, PIPELINE_SECS)"
+	@echo "make screenshots - the console's pages in headless Chromium, saved under docs/console/"
 	@echo "make soak   - the whole pipeline at 2,000 events/s for 10 minutes (SOAK_SECS, PIPELINE_RATE)"
 
 ## Start RabbitMQ and PostgreSQL if needed (installed-but-stopped, or docker compose).
@@ -56,6 +57,11 @@ test: services tools
 	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace
 
+## The console's pages in headless Chromium (the browser test), saved under docs/console/.
+screenshots: services
+	$(CARGO) build --workspace --bins
+	LEADPIPE_CONSOLE_SCREENSHOTS=$(CURDIR)/docs/console $(CARGO) test -p leadpipe-tests --test it console_browser
+
 ## A three-node RabbitMQ cluster beside the broker on 5672 (scripts/rabbit-cluster.sh).
 cluster:
 	scripts/rabbit-cluster.sh start
@@ -80,6 +86,7 @@ bench: services
 	$(CARGO) build --release --workspace --bins
 	$(CARGO) bench -p leadpipe-tests --bench ingest
 	$(CARGO) bench -p leadpipe-tests --bench senders
+	$(CARGO) bench -p leadpipe-tests --bench console
 	PIPELINE_SECS=$${PIPELINE_SECS:-60} $(CARGO) bench -p leadpipe-tests --bench pipeline
 
 ## The whole-pipeline benchmark on the single broker, then on the three-node cluster, at the

@@ -41,7 +41,7 @@ console_addr=${CONSOLE_ADDR:-127.0.0.1:8090}
 CONSOLE_ADDR=$console_addr $bin/leadpipe console >.run/console.log 2>&1 &
 pids+=($!)
 senders+=(console)
-lines+=("$(printf '  %-18s http://%s/  (find an event by event_id; logs in .run/console.log)' console "$console_addr")")
+lines+=("$(printf '  %-18s http://%s/  (overview, find an event, dead letters; logs in .run/console.log)' console "$console_addr")")
 
 # A sender that refuses its configuration exits at once: show why instead of a dead pipeline.
 sleep 1

@@ -494,6 +494,51 @@ async fn an_operator_finds_a_lead_and_replays_its_dead_letters_once_the_cause_is
     }
     let (_, after) = console.get("/dead-letters/meta").await;
     assert!(after.contains("0 message(s) in"), "{after}");
+
+    // A sender that cannot send says why: Meta refuses the token (paused, the new event left
+    // in its work queue); a sender that is gone is unreachable.
+    let mut run = run;
+    run.p.meta.set_token("rotated");
+    run.p
+        .publish(&leadpipe_tests::recent_lead("L-after-rotation"))
+        .await;
+    let tiktok = run
+        .senders
+        .iter()
+        .position(|(d, _)| d.as_str() == "tiktok")
+        .unwrap();
+    run.kill(&[tiktok]).await;
+    let row = |html: &str, d: &str| {
+        let at = html
+            .find(&format!(r#"<tr data-destination="{d}""#))
+            .unwrap();
+        let row = &html[at..];
+        row[..row.find("</tr>").unwrap()].to_owned()
+    };
+    let mut overview = String::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while tokio::time::Instant::now() < deadline {
+        overview = console.get("/").await.1;
+        let meta = row(&overview, "meta");
+        if meta.contains(r#"data-state="paused""#)
+            && meta.contains(r#"data-queue="work">1<"#)
+            && row(&overview, "tiktok").contains(r#"data-state="unreachable""#)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let meta = row(&overview, "meta");
+    assert!(meta.contains(r#"data-state="paused""#), "{meta}");
+    assert!(
+        meta.contains("paused: the destination refuses requests"),
+        "{meta}"
+    );
+    assert!(meta.contains(r#"data-queue="work">1<"#), "{meta}");
+    assert!(
+        row(&overview, "tiktok").contains(r#"data-state="unreachable""#),
+        "{overview}"
+    );
     run.stop().await;
 }
 

@@ -3,6 +3,7 @@
 
 mod cli;
 mod console;
+mod console_browser;
 mod crm_writer;
 mod crm_writer_binary;
 mod database;

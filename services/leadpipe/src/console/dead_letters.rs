@@ -169,7 +169,7 @@ pub(super) async fn page(
                              td.n { (l.http_status.clone().unwrap_or_default()) }
                              td.n { (l.attempts.clone().unwrap_or_default()) }
                              td { (layout::maybe_time(l.failed_at.as_ref())) }
-                             td { (l.message.clone().unwrap_or_default()) } }
+                             td.wrap { (l.message.clone().unwrap_or_default()) } }
                     }
                 }
             }

@@ -164,7 +164,7 @@ fn results(lookup: &Lookup, rows: &[TraceRow]) -> Markup {
                             td.status { (r.status) }
                             td.n { (r.attempts) }
                             td.n { (r.last_http_status.map(|s| s.to_string()).unwrap_or_default()) }
-                            td { @if let Some(code) = &r.last_error_code {
+                            td.wrap { @if let Some(code) = &r.last_error_code {
                                 code { (code) } " " (r.last_error_message.clone().unwrap_or_default())
                             } }
                             td { (r.destination_ref.clone().unwrap_or_default()) }

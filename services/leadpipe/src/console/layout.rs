@@ -73,9 +73,14 @@ pub(super) fn maybe_time(t: Option<&DateTime<Utc>>) -> String {
     t.map(time).unwrap_or_else(|| "-".into())
 }
 
-/// A link to an event's page.
+/// A link to an event's page, showing the id's first 16 characters (all of it on hover).
 pub(super) fn event_link(id: &str) -> Markup {
-    html! { a.event href={ "/events?event_id=" (urlencode(id)) } { code { (id) } } }
+    let short: String = id.chars().take(16).collect();
+    html! {
+        a.event href={ "/events?event_id=" (urlencode(id)) } title=(id) {
+            code { (short) @if short.len() < id.len() { "…" } }
+        }
+    }
 }
 
 /// Percent-encodes a query value.

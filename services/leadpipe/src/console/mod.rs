@@ -219,7 +219,8 @@ pub(crate) async fn run() -> anyhow::Result<ExitCode> {
         }
     };
     let db = DatabaseSettings::from_env();
-    let pool = match leadpipe_db::connect(&db.url, 4).await {
+    // Enough connections for the overview's queries at once.
+    let pool = match leadpipe_db::connect(&db.url, 8).await {
         Ok(p) => p,
         Err(e) => {
             eprintln!(
@@ -369,7 +370,7 @@ async fn guard(State(console): State<Arc<Console>>, request: Request, next: Next
     );
     h.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        HeaderValue::from_static("same-origin"),
     );
     h.entry(header::CACHE_CONTROL)
         .or_insert(HeaderValue::from_static("no-store"));
