@@ -248,3 +248,69 @@ async fn with_two_of_three_nodes_stopped_ingest_answers_503_never_202_then_recov
     );
     run.stop().await;
 }
+
+#[tokio::test]
+async fn the_consoles_overview_shows_the_cluster_queues_rates_from_the_management_api() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let Some(_back) = cluster_up() else { return };
+    // Arrange: the pipeline on the cluster, the console reading node 1's management API.
+    let run = Processes::start(leadpipe_tests::Pipeline::new().await, None, 1, vec![]).await;
+    let port = leadpipe_tests::free_port();
+    let senders: Vec<String> = run
+        .senders
+        .iter()
+        .zip(&run.metrics)
+        .map(|((d, _), url)| format!("{}={url}", d.as_str()))
+        .collect();
+    let _console = tokio::process::Command::new(leadpipe_tests::bin_path("leadpipe"))
+        .arg("console")
+        .env("DATABASE_URL", &run.p.database_url)
+        .env("LEADPIPE_NAMESPACE", run.p.names.namespace())
+        .env("CONSOLE_ADDR", format!("127.0.0.1:{port}"))
+        .env("CONSOLE_SENDERS", senders.join(","))
+        .env("RABBITMQ_MANAGEMENT_URL", "http://127.0.0.1:15701")
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let overview = format!("http://127.0.0.1:{port}/");
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            reqwest::get(&overview).await.is_ok()
+        })
+        .await
+    );
+
+    // Act: a client posts for as long as it takes the broker's rates to show traffic.
+    let stream = Stream::new(20_000);
+    let mut driver = run.driver();
+    let mut page = String::new();
+    let mut seen = false;
+    for index in 0..stream.batches.len() {
+        driver.post(&stream, index..index + 1).await;
+        if index % 10 == 0 {
+            page = reqwest::get(&overview).await.unwrap().text().await.unwrap();
+            let at = page.find(r#"<tr data-destination="meta""#).unwrap();
+            let row = &page[at..at + page[at..].find("</tr>").unwrap()];
+            let rate = |which: &str| {
+                let cell = format!(r#"data-rate="{which}">"#);
+                row.find(&cell)
+                    .and_then(|i| row[i + cell.len()..].split('<').next())
+                    .and_then(|v| v.parse::<f64>().ok())
+            };
+            if rate("in").is_some_and(|r| r > 0.0) && rate("out").is_some_and(|r| r > 0.0) {
+                seen = true;
+                break;
+            }
+        }
+    }
+
+    // Assert: the rates in and out of Meta's work queue are the broker's, with no error.
+    assert!(seen, "the overview never showed Meta's queue rates: {page}");
+    assert!(!page.contains(r#"id="management""#), "{page}");
+    println!(
+        "console on the cluster: Meta's work-queue rates shown after {} events posted",
+        driver.accepted.len()
+    );
+    run.stop().await;
+}

@@ -68,6 +68,8 @@ pub(crate) struct ConsoleSettings {
     pub sender_url: String,
     /// `CONSOLE_SENDERS`: destinations whose sender is elsewhere (`meta=http://host:9101,…`).
     pub senders: HashMap<Destination, String>,
+    /// `RABBITMQ_MANAGEMENT_URL`: the broker's management API, for the queues' rates.
+    pub management: Option<String>,
 }
 
 impl ConsoleSettings {
@@ -112,12 +114,16 @@ impl ConsoleSettings {
                 .destination;
             senders.insert(d, env::check_base_url("CONSOLE_SENDERS", url.trim())?);
         }
+        let management = env::optional("RABBITMQ_MANAGEMENT_URL")
+            .map(|u| env::check_base_url("RABBITMQ_MANAGEMENT_URL", &u))
+            .transpose()?;
         Ok(Self {
             addr,
             token,
             allow_replay,
             sender_url,
             senders,
+            management,
         })
     }
 }
@@ -133,6 +139,7 @@ pub(super) struct Console {
     allow_replay: bool,
     sender_url: String,
     senders: HashMap<Destination, String>,
+    management: Option<String>,
     amqp: AmqpSettings,
     http: reqwest::Client,
     /// The enabled destinations.
@@ -242,6 +249,7 @@ pub(crate) async fn run() -> anyhow::Result<ExitCode> {
         allow_replay: settings.allow_replay,
         sender_url: settings.sender_url,
         senders: settings.senders,
+        management: settings.management,
         amqp,
         http: reqwest::Client::builder()
             .timeout(std::time::Duration::from_secs(2))

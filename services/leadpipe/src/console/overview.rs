@@ -1,5 +1,6 @@
 //! The overview: per destination, its work queue and DLQ (depth and consumers, from the
-//! broker), how long events waited in the work queue lately and its rows of the last hour and
+//! broker; with `RABBITMQ_MANAGEMENT_URL`, the work queue's rates in and out from its
+//! management API), how long events waited in the work queue lately and its rows of the last hour and
 //! day by status (from the delivery log), and its sender's state (from the sender's
 //! `/readyz`).
 
@@ -45,13 +46,19 @@ struct Wait {
 pub(super) async fn page(State(console): State<Arc<Console>>, headers: HeaderMap) -> Response {
     let names = Names::new(console.amqp.namespace.clone());
     let destinations: Vec<&str> = console.destinations.iter().map(|r| r.name()).collect();
-    let (hour, day, waits, queues, senders) = tokio::join!(
+    let (hour, day, waits, queues, senders, rates) = tokio::join!(
         counts(&console, &destinations, "1 hour"),
         counts(&console, &destinations, "1 day"),
         waits(&console, &destinations),
         queues(&console, &names),
         senders(&console),
+        rates(&console),
     );
+    let rates_note = match &rates {
+        Some(Err(e)) => Some(e.clone()),
+        _ => None,
+    };
+    let rates = rates.and_then(Result::ok);
     let (hour, day, waits) = match (hour, day, waits) {
         (Ok(h), Ok(d), Ok(w)) => (h, d, w),
         (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
@@ -64,7 +71,9 @@ pub(super) async fn page(State(console): State<Arc<Console>>, headers: HeaderMap
         table #destinations {
             thead { tr {
                 th { "destination" } th { "sender" }
-                th.n { "work queue" } th.n { "consumers" } th.n { "waited p95 (5 min)" } th.n { "waited max" }
+                th.n { "work queue" } th.n { "consumers" }
+                @if rates.is_some() { th.n { "in /s" } th.n { "out /s" } }
+                th.n { "waited p95 (5 min)" } th.n { "waited max" }
                 th.n { "dead letters" }
             } }
             tbody {
@@ -81,6 +90,11 @@ pub(super) async fn page(State(console): State<Arc<Console>>, headers: HeaderMap
                         }
                         td.n data-queue="work" { (depth(work.map(|q| q.messages))) }
                         td.n { (depth(work.map(|q| q.consumers))) }
+                        @if let Some(rates) = &rates {
+                            @let r = rates.get(&names.work_queue(r.destination));
+                            td.n data-rate="in" { (rate(r.map(|r| r.publish))) }
+                            td.n data-rate="out" { (rate(r.map(|r| r.ack))) }
+                        }
                         td.n { (seconds(wait.and_then(|w| w.p95_secs))) }
                         td.n { (seconds(wait.and_then(|w| w.max_secs))) }
                         td.n data-queue="dlq" {
@@ -89,6 +103,9 @@ pub(super) async fn page(State(console): State<Arc<Console>>, headers: HeaderMap
                     }
                 }
             }
+        }
+        @if let Some(e) = rates_note {
+            p.error #management { "The management API cannot be read right now (" (e) "): rates are missing." }
         }
         @if let Some(e) = queue_note {
             p.error { "The broker cannot be read right now (" (e) "): queue figures are missing." }
@@ -108,6 +125,10 @@ pub(super) async fn page(State(console): State<Arc<Console>>, headers: HeaderMap
 
 fn depth(n: Option<u32>) -> String {
     n.map(|n| n.to_string()).unwrap_or_else(|| "?".into())
+}
+
+fn rate(r: Option<f64>) -> String {
+    r.map(|r| format!("{r:.1}")).unwrap_or_else(|| "?".into())
 }
 
 fn seconds(s: Option<f64>) -> String {
@@ -199,6 +220,81 @@ async fn queues(console: &Console, names: &Names) -> anyhow::Result<HashMap<Stri
     }
     let _ = conn.close(200, "done".into()).await;
     Ok(out)
+}
+
+/// A queue's rates as the management API reports them (messages per second, averaged by the
+/// broker over its last few seconds).
+#[derive(Debug, Clone, Copy, Default)]
+struct Rates {
+    /// Published to it.
+    publish: f64,
+    /// Acknowledged by its consumers.
+    ack: f64,
+}
+
+/// The namespace's queues' rates from `RABBITMQ_MANAGEMENT_URL` (`None`: not set), with the
+/// user, password and vhost of `AMQP_URL`'s first node.
+async fn rates(console: &Console) -> Option<Result<HashMap<String, Rates>, String>> {
+    let base = console.management.as_ref()?;
+    let node = leadpipe_bus::node_urls(&console.amqp.url)
+        .first()
+        .copied()
+        .unwrap_or_default()
+        .to_owned();
+    let uri: lapin::uri::AMQPUri = match node.parse() {
+        Ok(u) => u,
+        Err(e) => return Some(Err(format!("AMQP_URL: {e}"))),
+    };
+    let vhost: String = uri
+        .vhost
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    let url = format!(
+        "{}/api/queues/{vhost}?columns=name,message_stats.publish_details.rate,message_stats.ack_details.rate",
+        base.trim_end_matches('/')
+    );
+    let answer = async {
+        let r = console
+            .http
+            .get(&url)
+            .basic_auth(
+                &uri.authority.userinfo.username,
+                Some(&uri.authority.userinfo.password),
+            )
+            .send()
+            .await?
+            .error_for_status()?;
+        r.json::<Vec<serde_json::Value>>().await
+    }
+    .await;
+    let queues = match answer {
+        Ok(q) => q,
+        Err(e) => {
+            let e = e.without_url();
+            return Some(Err(format!("{base}: {e}")));
+        }
+    };
+    let prefix = format!("{}.", console.amqp.namespace);
+    Some(Ok(queues
+        .iter()
+        .filter_map(|q| {
+            let name = q["name"].as_str()?;
+            name.starts_with(&prefix).then(|| {
+                let stats = &q["message_stats"];
+                (
+                    name.to_owned(),
+                    Rates {
+                        publish: stats["publish_details"]["rate"].as_f64().unwrap_or(0.0),
+                        ack: stats["ack_details"]["rate"].as_f64().unwrap_or(0.0),
+                    },
+                )
+            })
+        })
+        .collect()))
 }
 
 /// Each enabled destination's sender state, in order.
