@@ -70,6 +70,19 @@ async fn an_operator_inspects_traces_and_replays_a_dead_letter_exactly_once() {
     );
     let (ok, _, err) = cli(&p, &["trace", "no-such-event"]).await;
     assert!(!ok && err.contains("no delivery recorded"), "{err}");
+    // By the client's lead id, too; without any id it says what it needs.
+    let (ok, by_lead, _) = cli(&p, &["trace", "--lead-id", "L-cli"]).await;
+    assert!(
+        ok && by_lead.contains(&format!("event {id}")) && by_lead.contains("dead_lettered"),
+        "{by_lead}"
+    );
+    let (ok, _, err) = cli(&p, &["trace", "--lead-id", "L-nobody"]).await;
+    assert!(
+        !ok && err.contains("no delivery recorded for lead_id L-nobody"),
+        "{err}"
+    );
+    let (ok, _, err) = cli(&p, &["trace"]).await;
+    assert!(!ok && err.contains("--lead-id"), "{err}");
 
     // A dry run moves nothing; a filter that matches nothing moves nothing.
     let (ok, dry, _) = cli(&p, &["dlq", "replay", "meta", "--dry-run"]).await;
