@@ -21,7 +21,7 @@ help:
 	@echo "make test-cluster - the pipeline on that cluster: a node killed, two stopped"
 	@echo "make bench-cluster - the pipeline benchmark on one node, then on the cluster (PIPELINE_RATE, PIPELINE_SECS)"
 	@echo "make screenshots - the console's pages in headless Chromium, saved under docs/console/"
-	@echo "make soak   - the whole pipeline at 2,000 events/s for 10 minutes (SOAK_SECS, PIPELINE_RATE)"
+	@echo "make soak   - the whole pipeline for 10 minutes at the rate make bench found (SOAK_SECS, PIPELINE_RATE)"
 
 ## Start RabbitMQ and PostgreSQL if needed (installed-but-stopped, or docker compose).
 services:
@@ -87,7 +87,7 @@ bench: services
 	$(CARGO) bench -p leadpipe-tests --bench ingest
 	$(CARGO) bench -p leadpipe-tests --bench senders
 	$(CARGO) bench -p leadpipe-tests --bench console
-	PIPELINE_SECS=$${PIPELINE_SECS:-60} $(CARGO) bench -p leadpipe-tests --bench pipeline
+	$(CARGO) bench -p leadpipe-tests --bench pipeline
 
 ## The whole-pipeline benchmark on the single broker, then on the three-node cluster, at the
 ## same rate (PIPELINE_RATE, default 1000; PIPELINE_SECS, default 30): both rates and p99s.
@@ -100,5 +100,6 @@ bench-cluster: services
 ## with one-minute partitions kept SOAK_RETENTION_SECS (180): it must level off.
 soak: services
 	$(CARGO) build --release --workspace --bins
+	PIPELINE_RATE=$${PIPELINE_RATE:-$$(cat target/bench/held-rate 2>/dev/null || echo 1000)} \
 	PIPELINE_SECS=$${SOAK_SECS:-600} SOAK_RETENTION_SECS=$${SOAK_RETENTION_SECS:-180} \
 		$(CARGO) bench -p leadpipe-tests --bench pipeline

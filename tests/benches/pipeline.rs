@@ -15,11 +15,20 @@
 //!    growth, and the peak (VmHWM); the delivery log's size and PostgreSQL's checkpoints at
 //!    the start and the end (and the size every 30 s).
 //!
+//! Without `PIPELINE_RATE` (`make bench`), it searches the highest rate the pipeline holds
+//! instead (`pipeline/search.rs`), prints it as a share of the bare publisher and the CPU each
+//! event costs in every process, and writes the rate to `target/bench/held-rate`, where
+//! `make soak` takes it. `BENCH_WITHOUT_CONSOLE_INDEXES=1` drops the console's lookup
+//! indexes first (to measure what they cost the senders).
+//!
 //! With `SOAK_RETENTION_SECS` (`make soak` sets 180) the delivery log is cut into one-minute
 //! partitions and every sender keeps its rows that long (`DELIVERY_RETENTION_SECS`): the log's
 //! size must level off. Rows are then dropped during the run, so what was decided is counted
 //! per partition as the run goes (each partition's count, seen every 30 s, before it is
 //! dropped), and the end-to-end figures come from the rows still kept at the end.
+
+#[path = "pipeline/search.rs"]
+mod pipeline_search;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -80,6 +89,8 @@ async fn record_decided(pool: &sqlx::PgPool, seen: &Mutex<std::collections::Hash
 
 #[tokio::main]
 async fn main() {
+    // Without PIPELINE_RATE, `make bench` searches the rate the pipeline holds.
+    let search = std::env::var("PIPELINE_RATE").is_err();
     let rate = env_f64("PIPELINE_RATE", 2000.0);
     let secs = env_f64("PIPELINE_SECS", 60.0);
     let retention_secs = std::env::var("SOAK_RETENTION_SECS")
@@ -95,10 +106,19 @@ async fn main() {
         &event(0, chrono::Utc::now()).0,
     ))
     .unwrap();
-    println!(
-        "whole pipeline: {rate:.0} events/s offered for {secs:.0} s, {WORKERS} connections, \
-         one process per service (release), 2 cores shared with RabbitMQ and PostgreSQL"
-    );
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    if search {
+        println!(
+            "whole pipeline: the highest steady rate it holds (steps of {:.0} s), one process per \
+             service (release), {cores} cores shared with RabbitMQ and PostgreSQL",
+            env_f64("PIPELINE_STEP_SECS", 30.0)
+        );
+    } else {
+        println!(
+            "whole pipeline: {rate:.0} events/s offered for {secs:.0} s, {WORKERS} connections, \
+             one process per service (release), {cores} cores shared with RabbitMQ and PostgreSQL"
+        );
+    }
     let ceiling = bare_publisher(
         &p.names,
         &sample,
@@ -128,6 +148,12 @@ async fn main() {
             "delivery log: one-minute partitions, every destination's rows kept {r} s \
              (DELIVERY_RETENTION_SECS)"
         );
+    }
+    if std::env::var_os("BENCH_WITHOUT_CONSOLE_INDEXES").is_some() {
+        sqlx::query("DROP INDEX deliveries_first_seen, deliveries_lead_id, deliveries_order_id")
+            .execute(&p.pool)
+            .await
+            .unwrap();
     }
     let run = Processes::start(p, None, 1, env).await;
     let mut pids = vec![("ingest".to_owned(), run.ingest.child.id().unwrap())];
@@ -163,6 +189,49 @@ async fn main() {
             .collect()
     };
     let cpu_start = cpu_now(&cpu_of);
+    if search {
+        let (steps, best) =
+            pipeline_search::search(&run, &cpu_of, ceiling, env_f64("PIPELINE_STEP_SECS", 30.0))
+                .await;
+        println!("\nsummary:");
+        match best {
+            Some(b) => {
+                let s = &steps[b];
+                println!(
+                    "  held {:.0} events/s (offered {:.0}/s, e2e p99 {:.0} ms, ingest p99 {:.1} ms) = \
+                     {:.1} % of the bare confirmed publisher ({ceiling:.0} msg/s) in the same run; \
+                     target >= 25 %: {}",
+                    s.throughput(),
+                    s.rate,
+                    ms(s.e2e_p99),
+                    ms(s.ingest_p99),
+                    100.0 * s.throughput() / ceiling,
+                    if s.throughput() >= 0.25 * ceiling {
+                        "PASS"
+                    } else {
+                        "MISS"
+                    }
+                );
+                if std::env::var_os("PIPELINE_STEPS").is_none() {
+                    pipeline_search::cost(s, &cpu_of);
+                }
+                // `make soak` runs at the rate found (not at rates given by PIPELINE_STEPS).
+                if std::env::var_os("PIPELINE_STEPS").is_none() {
+                    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                        .join("../target/bench/held-rate");
+                    let _ = std::fs::create_dir_all(file.parent().unwrap());
+                    std::fs::write(&file, format!("{:.0}\n", s.rate)).unwrap();
+                    println!("  (written to target/bench/held-rate for `make soak`)");
+                }
+            }
+            None => println!(
+                "  not even the first step held: {}",
+                steps[0].failure().unwrap_or_default()
+            ),
+        }
+        run.stop().await;
+        return;
+    }
     let checkpoints = || async {
         let (timed, requested): (i64, i64) =
             sqlx::query_as("SELECT checkpoints_timed, checkpoints_req FROM pg_stat_bgwriter")
