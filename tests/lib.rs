@@ -661,6 +661,38 @@ pub async fn drop_database(url: &str) {
     }
 }
 
+/// `binary console` (the debug or release `leadpipe`) on `p`'s namespace and database, its
+/// broker at [`amqp_url`], on a free loopback port, with `env` besides (`CONSOLE_TOKEN`, …),
+/// answering: the process and its base URL (`http://127.0.0.1:<port>`).
+pub async fn spawn_console(
+    p: &Pipeline,
+    binary: &std::path::Path,
+    env: &[(&str, String)],
+) -> (tokio::process::Child, String) {
+    let port = free_port();
+    let mut command = tokio::process::Command::new(binary);
+    command
+        .arg("console")
+        .env("DATABASE_URL", &p.database_url)
+        .env("AMQP_URL", amqp_url())
+        .env("LEADPIPE_NAMESPACE", p.names.namespace())
+        .env("CONSOLE_ADDR", format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true);
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let child = command.spawn().unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let up = eventually(Duration::from_secs(20), || async {
+        reqwest::get(format!("{base}/login")).await.is_ok()
+    })
+    .await;
+    assert!(up, "the console never answered");
+    (child, base)
+}
+
 /// Path of a workspace binary (`ingest`, `leadpipe`), built by `cargo build --workspace`.
 pub fn bin_path(name: &str) -> PathBuf {
     // The test binary lives in target/<profile>/deps/.

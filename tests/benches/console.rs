@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use leadpipe_bus::{OutgoingMessage, Publisher, PublisherSettings};
 use leadpipe_tests::bench::{ms, percentile, release_bin};
-use leadpipe_tests::{Pipeline, amqp_url, free_port};
+use leadpipe_tests::{Pipeline, amqp_url};
 
 const EVENTS: i64 = 200_000;
 const DEAD_LETTERS: usize = 1_000;
@@ -172,27 +172,13 @@ async fn main() {
         started.elapsed().as_secs_f64()
     );
 
-    let port = free_port();
     let token = "bench-token";
-    let mut console = tokio::process::Command::new(release_bin("leadpipe"))
-        .arg("console")
-        .env("DATABASE_URL", &p.database_url)
-        .env("AMQP_URL", amqp_url())
-        .env("LEADPIPE_NAMESPACE", p.names.namespace())
-        .env("CONSOLE_ADDR", format!("127.0.0.1:{port}"))
-        .env("CONSOLE_TOKEN", token)
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    assert!(
-        leadpipe_tests::eventually(Duration::from_secs(20), || async {
-            reqwest::get(format!("{base}/login")).await.is_ok()
-        })
-        .await
-    );
+    let (mut console, base) = leadpipe_tests::spawn_console(
+        &p,
+        &release_bin("leadpipe"),
+        &[("CONSOLE_TOKEN", token.into())],
+    )
+    .await;
     let http = reqwest::Client::new();
 
     let hour_ago = (Utc::now() - TimeDelta::hours(1)).format("%Y-%m-%dT%H:%M");

@@ -255,31 +255,16 @@ async fn the_consoles_overview_shows_the_cluster_queues_rates_from_the_managemen
     let Some(_back) = cluster_up() else { return };
     // Arrange: the pipeline on the cluster, the console reading node 1's management API.
     let run = Processes::start(leadpipe_tests::Pipeline::new().await, None, 1, vec![]).await;
-    let port = leadpipe_tests::free_port();
-    let senders: Vec<String> = run
-        .senders
-        .iter()
-        .zip(&run.metrics)
-        .map(|((d, _), url)| format!("{}={url}", d.as_str()))
-        .collect();
-    let _console = tokio::process::Command::new(leadpipe_tests::bin_path("leadpipe"))
-        .arg("console")
-        .env("DATABASE_URL", &run.p.database_url)
-        .env("LEADPIPE_NAMESPACE", run.p.names.namespace())
-        .env("CONSOLE_ADDR", format!("127.0.0.1:{port}"))
-        .env("CONSOLE_SENDERS", senders.join(","))
-        .env("RABBITMQ_MANAGEMENT_URL", "http://127.0.0.1:15701")
-        .stdout(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let overview = format!("http://127.0.0.1:{port}/");
-    assert!(
-        eventually(Duration::from_secs(20), || async {
-            reqwest::get(&overview).await.is_ok()
-        })
-        .await
-    );
+    let (_console, base) = leadpipe_tests::spawn_console(
+        &run.p,
+        &leadpipe_tests::bin_path("leadpipe"),
+        &[
+            ("CONSOLE_SENDERS", run.console_senders()),
+            ("RABBITMQ_MANAGEMENT_URL", "http://127.0.0.1:15701".into()),
+        ],
+    )
+    .await;
+    let overview = format!("{base}/");
 
     // Act: a client posts for as long as it takes the broker's rates to show traffic.
     let stream = Stream::new(20_000);

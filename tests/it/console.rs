@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use leadpipe_tests::stream::{Driver, Processes, Stream};
-use leadpipe_tests::{Pipeline, amqp_url, bin_path, eventually, free_port};
+use leadpipe_tests::{Pipeline, amqp_url, bin_path, eventually, free_port, spawn_console};
 
 pub(crate) const TOKEN: &str = "console-test-token";
 
@@ -23,28 +23,11 @@ pub(crate) struct Console {
 impl Console {
     /// The console on `p`'s namespace and database with `TOKEN` and `env`, answering.
     pub(crate) async fn start(p: &Pipeline, env: &[(&str, String)]) -> Self {
-        let port = free_port();
-        let mut command = tokio::process::Command::new(bin_path("leadpipe"));
-        command
-            .arg("console")
-            .env("DATABASE_URL", &p.database_url)
-            .env("AMQP_URL", amqp_url())
-            .env("LEADPIPE_NAMESPACE", p.names.namespace())
-            .env("CONSOLE_ADDR", format!("127.0.0.1:{port}"))
-            .env("CONSOLE_TOKEN", TOKEN)
-            .env("RUST_LOG", "warn")
-            .stdout(std::process::Stdio::null())
-            .kill_on_drop(true);
-        for (k, v) in env {
-            command.env(k, v);
-        }
-        let child = command.spawn().unwrap();
-        let base = format!("http://127.0.0.1:{port}");
-        let up = eventually(Duration::from_secs(20), || async {
-            reqwest::get(format!("{base}/login")).await.is_ok()
-        })
-        .await;
-        assert!(up, "the console never answered");
+        let env: Vec<(&str, String)> = [("CONSOLE_TOKEN", TOKEN.to_owned())]
+            .into_iter()
+            .chain(env.iter().cloned())
+            .collect();
+        let (child, base) = spawn_console(p, &bin_path("leadpipe"), &env).await;
         let mut headers = reqwest::header::HeaderMap::new();
         headers.insert(
             reqwest::header::AUTHORIZATION,
@@ -120,16 +103,6 @@ pub(crate) async fn decided_run(events: usize) -> (Processes, Driver) {
     .await;
     assert!(decided, "the stream was never decided everywhere");
     (run, driver)
-}
-
-/// `CONSOLE_SENDERS` for a run's senders.
-pub(crate) fn senders(run: &Processes) -> String {
-    run.senders
-        .iter()
-        .zip(&run.metrics)
-        .map(|((d, _), url)| format!("{}={url}", d.as_str()))
-        .collect::<Vec<_>>()
-        .join(",")
 }
 
 /// Meta's dead letters of a run, from the delivery log.
@@ -353,7 +326,7 @@ async fn an_operator_finds_a_lead_and_replays_its_dead_letters_once_the_cause_is
         p,
         &[
             ("CONSOLE_ALLOW_REPLAY", "true".into()),
-            ("CONSOLE_SENDERS", senders(&run)),
+            ("CONSOLE_SENDERS", run.console_senders()),
             // No management API there (the broker on 5672 has no management plugin; the
             // cluster test reads one): the overview says so and shows the rest.
             (

@@ -12,7 +12,7 @@ use serde_json::json;
 
 use leadpipe_tests::browser::Browser;
 
-use crate::console::{Console, TOKEN, assert_no_personal_data, dead_at_meta, decided_run, senders};
+use crate::console::{Console, TOKEN, assert_no_personal_data, dead_at_meta, decided_run};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -35,7 +35,7 @@ async fn in_a_browser_an_operator_checks_the_overview_finds_a_lead_and_replays_d
         p,
         &[
             ("CONSOLE_ALLOW_REPLAY", "true".into()),
-            ("CONSOLE_SENDERS", senders(&run)),
+            ("CONSOLE_SENDERS", run.console_senders()),
         ],
     )
     .await;

@@ -523,6 +523,16 @@ impl Processes {
         (run, stream, driver, rest)
     }
 
+    /// `CONSOLE_SENDERS` for these senders: `destination=<metrics URL>,…`.
+    pub fn console_senders(&self) -> String {
+        self.senders
+            .iter()
+            .zip(&self.metrics)
+            .map(|((d, _), url)| format!("{}={url}", d.as_str()))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
     /// A driver posting to this ingest.
     pub fn driver(&self) -> Driver {
         Driver::new(&self.ingest.base)

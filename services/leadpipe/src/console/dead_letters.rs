@@ -211,9 +211,15 @@ async fn read(d: Destination) -> anyhow::Result<Vec<Letter>> {
     letters
 }
 
-/// Refuses a replay form unless replay is allowed and the CSRF token is right.
+/// The destination a replay form is for, or the refusal: replay not allowed, a wrong CSRF
+/// token, or no such destination.
 #[allow(clippy::result_large_err)]
-fn may_replay(console: &Console, headers: &HeaderMap, form: &ReplayForm) -> Result<(), Response> {
+fn replay_target(
+    console: &Console,
+    headers: &HeaderMap,
+    name: &str,
+    form: &ReplayForm,
+) -> Result<&'static Registration, Response> {
     if !console.allow_replay {
         return Err(console.refuse(
             headers,
@@ -221,7 +227,8 @@ fn may_replay(console: &Console, headers: &HeaderMap, form: &ReplayForm) -> Resu
             "Replay is off: start the console with CONSOLE_ALLOW_REPLAY=true.",
         ));
     }
-    console.check_csrf(headers, &form.csrf)
+    console.check_csrf(headers, &form.csrf)?;
+    registration(console, headers, name)
 }
 
 /// `POST /dead-letters/{destination}/plan`: the dry run, and the confirmation form.
@@ -231,10 +238,7 @@ pub(super) async fn plan(
     Path(name): Path<String>,
     Form(form): Form<ReplayForm>,
 ) -> Response {
-    if let Err(refused) = may_replay(&console, &headers, &form) {
-        return refused;
-    }
-    let r = match registration(&console, &headers, &name) {
+    let r = match replay_target(&console, &headers, &name, &form) {
         Ok(r) => r,
         Err(refused) => return refused,
     };
@@ -298,10 +302,7 @@ pub(super) async fn replay(
     Path(name): Path<String>,
     Form(form): Form<ReplayForm>,
 ) -> Response {
-    if let Err(refused) = may_replay(&console, &headers, &form) {
-        return refused;
-    }
-    let r = match registration(&console, &headers, &name) {
+    let r = match replay_target(&console, &headers, &name, &form) {
         Ok(r) => r,
         Err(refused) => return refused,
     };
