@@ -67,10 +67,18 @@ cluster:
 	scripts/rabbit-cluster.sh start
 
 ## The cluster tests (tests/cluster/): a node killed, then two stopped, under the whole
-## pipeline (the tests start the cluster, or skip saying why); it is stopped afterwards.
+## pipeline (the tests start the cluster, or skip saying why); it is stopped afterwards. The
+## services' warnings go to target/test-logs/cluster, and are printed when a test fails.
+CLUSTER_LOGS := $(CURDIR)/target/test-logs/cluster
 test-cluster: services build
-	AMQP_URL=$$(scripts/rabbit-cluster.sh urls) $(CARGO) test -p leadpipe-tests --test cluster -- --nocapture; \
-		rc=$$?; scripts/rabbit-cluster.sh stop || true; exit $$rc
+	rm -rf $(CLUSTER_LOGS)
+	LEADPIPE_TEST_LOG_DIR=$(CLUSTER_LOGS) AMQP_URL=$$(scripts/rabbit-cluster.sh urls) \
+		$(CARGO) test -p leadpipe-tests --test cluster -- --nocapture; \
+		rc=$$?; scripts/rabbit-cluster.sh stop || true; \
+		if [ $$rc -ne 0 ]; then for f in $(CLUSTER_LOGS)/*.log; do \
+			echo "== $$f (the last 40 lines but per-event dead letters)"; \
+			grep -v '"message":"dead-lettered"' "$$f" | tail -n 40; done; fi; \
+		exit $$rc
 
 ## The whole pipeline as processes with 20,000 events (make test runs it with 400).
 e2e: services build

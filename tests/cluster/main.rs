@@ -154,11 +154,16 @@ async fn the_node_leading_the_work_queues_killed_mid_stream_loses_and_doubles_no
     .await;
     let down_for = killed.elapsed();
     let waiting = rows_where(&run.p, &["accepted"], true).await;
-    assert!(
-        taken_up,
-        "while node {victim} was down, {} of {want} deliveries were taken up",
-        rows_where(&run.p, OPEN, false).await
-    );
+    if !taken_up {
+        panic!(
+            "while node {victim} was down, {} of {want} deliveries were taken up; left, by \
+             destination and status: {:?}; the namespace's queues (name, messages, leader): \
+             {:?}",
+            rows_where(&run.p, OPEN, false).await,
+            open_rows(&run.p).await,
+            queues_of(run.p.names.namespace()).await
+        );
+    }
     // The node comes back: what waited in a delay queue whose dead-letter worker still
     // addressed it (RabbitMQ 3.10) goes on. Then each event exactly once or in its DLQ with a
     // reason.
@@ -193,6 +198,55 @@ async fn rows_where(p: &leadpipe_tests::Pipeline, statuses: &[&str], among: bool
             .await
             .unwrap();
     n as usize
+}
+
+/// The rows still in flight or retrying, by destination and status.
+async fn open_rows(p: &leadpipe_tests::Pipeline) -> Vec<(String, String, i64)> {
+    sqlx::query_as(
+        "SELECT destination, status, count(*) FROM deliveries WHERE status = ANY($1)
+         GROUP BY 1, 2 ORDER BY 1, 2",
+    )
+    .bind(OPEN)
+    .fetch_all(&p.pool)
+    .await
+    .unwrap()
+}
+
+/// The namespace's queues that hold messages, as a running node's management API reports
+/// them: name, messages, leader.
+async fn queues_of(namespace: &str) -> Vec<(String, i64, String)> {
+    for port in [15701, 15702, 15703] {
+        let Ok(r) = reqwest::Client::new()
+            .get(format!("http://127.0.0.1:{port}/api/queues/%2f"))
+            .basic_auth("guest", Some("guest"))
+            .send()
+            .await
+        else {
+            continue;
+        };
+        let Ok(queues) = r.json::<serde_json::Value>().await else {
+            continue;
+        };
+        return queues
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|q| {
+                q["name"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with(&format!("{namespace}.")))
+                    && q["messages"].as_i64().unwrap_or(0) > 0
+            })
+            .map(|q| {
+                (
+                    q["name"].as_str().unwrap_or_default().to_owned(),
+                    q["messages"].as_i64().unwrap_or(0),
+                    q["leader"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect();
+    }
+    Vec::new()
 }
 
 /// Rows past the sending: sent, refused, skipped, or accepted and waiting for a verdict.

@@ -482,7 +482,8 @@ async fn an_operator_finds_a_lead_and_replays_its_dead_letters_once_the_cause_is
     // in its work queue); a sender that is gone is unreachable.
     let mut run = run;
     run.p.meta.set_token("rotated");
-    run.p
+    let after_rotation = run
+        .p
         .publish(&leadpipe_tests::recent_lead("L-after-rotation"))
         .await;
     let tiktok = run
@@ -522,7 +523,66 @@ async fn an_operator_finds_a_lead_and_replays_its_dead_letters_once_the_cause_is
         row(&overview, "tiktok").contains(r#"data-state="unreachable""#),
         "{overview}"
     );
+
+    // The token is right again: the probe passes and the sender is half-open while its trial
+    // batch (the event left in the work queue) waits on a slow Meta, then ready, and the
+    // event is sent.
+    run.p.meta.set_latency(Duration::from_secs(3));
+    run.p.meta.set_token(leadpipe_tests::META_TOKEN);
+    let half_open = eventually(WAIT, || async {
+        row(&console.get("/").await.1, "meta").contains(r#"data-state="half-open""#)
+    })
+    .await;
+    assert!(half_open, "{}", row(&console.get("/").await.1, "meta"));
+    let half = row(&console.get("/").await.1, "meta");
+    assert!(half.contains("a trial batch goes first"), "{half}");
+    run.p.meta.set_latency(Duration::ZERO);
+    run.p.wait_status(&after_rotation, "sent", WAIT).await;
+    let ready = eventually(WAIT, || async {
+        row(&console.get("/").await.1, "meta").contains(r#"data-state="ready""#)
+    })
+    .await;
+    assert!(ready, "{}", row(&console.get("/").await.1, "meta"));
     run.stop().await;
+}
+
+#[tokio::test]
+async fn a_sender_in_dry_run_shows_as_such_with_its_dry_run_rows() {
+    // Arrange: Meta's sender in DRY_RUN, the console reading its /readyz.
+    let p = Pipeline::new().await;
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut sender = p.spawn_destination_binary_with(
+        leadpipe_meta_sender::DESTINATION,
+        &[
+            ("DRY_RUN", "true".to_owned()),
+            ("METRICS_ADDR", addr.clone()),
+        ],
+    );
+    let console = Console::start(&p, &[("CONSOLE_SENDERS", format!("meta=http://{addr}"))]).await;
+
+    // Act: a lead reaches it.
+    let id = p.publish(&leadpipe_tests::recent_lead("L-dry")).await;
+    p.wait_status(&id, "dry_run", WAIT).await;
+
+    // Assert: ready, tagged dry run, the row counted as dry run; nothing reached Meta.
+    let at = |html: &str| {
+        let start = html.find(r#"<tr data-destination="meta""#).unwrap();
+        let row = &html[start..];
+        row[..row.find("</tr>").unwrap()].to_owned()
+    };
+    let shown = eventually(WAIT, || async {
+        let meta = at(&console.get("/").await.1);
+        meta.contains(r#"data-state="ready""#) && meta.contains("dry run")
+    })
+    .await;
+    let overview = console.get("/").await.1;
+    let meta = at(&overview);
+    assert!(shown, "{meta}");
+    let hour = at(&overview[overview.find(r#"id="last-hour""#).unwrap()..]);
+    assert!(hour.contains(r#"data-status="dry_run">1<"#), "{hour}");
+    assert!(p.meta.accepted().is_empty());
+    leadpipe_tests::sigterm_and_wait(&mut sender).await;
+    p.cleanup().await;
 }
 
 #[tokio::test]

@@ -413,3 +413,82 @@ async fn senders_starting_together_each_make_their_tables_without_a_deadlock() {
     pool.close().await;
     leadpipe_tests::drop_database(&url).await;
 }
+
+#[tokio::test]
+async fn a_grown_partition_is_analyzed_so_writing_an_outcome_probes_its_key() {
+    // Arrange: today's Meta partition with 20,000 leased rows, never analyzed.
+    let (url, pool) = fresh_database().await;
+    let now = Utc::now();
+    partitions::maintain(&pool, "meta", TimeDelta::days(8), now)
+        .await
+        .unwrap();
+    let bucket = partitions::bucket_of(TimeDelta::days(1), now);
+    let today = interval_table("meta", bucket);
+    sqlx::query(
+        "INSERT INTO deliveries (destination, event_id, event_name, status, lease_owner, bucket)
+         SELECT 'meta', 'E-' || n, 'lead', 'in_flight', 'worker-' || (n % 4), $1
+         FROM generate_series(1, 20000) n",
+    )
+    .bind(bucket)
+    .execute(&pool)
+    .await
+    .unwrap();
+
+    // Act: a sender's statistics rounds (the insert is counted once its backend reports it).
+    let deadline = std::time::Instant::now() + WAIT;
+    let analyzed = loop {
+        let tables = partitions::analyze_changed(&pool, "meta").await.unwrap();
+        if !tables.is_empty() || std::time::Instant::now() > deadline {
+            break tables;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let again = partitions::analyze_changed(&pool, "meta").await.unwrap();
+
+    // Assert: analyzed once; a batch of outcomes is then planned as a probe of each key,
+    // never a scan of the partition.
+    assert_eq!(analyzed, vec![today.clone()]);
+    assert!(again.is_empty(), "nothing changed since: {again:?}");
+    let ids: Vec<String> = (1..=30).map(|n| format!("E-{}", n * 600)).collect();
+    let (plan,): (serde_json::Value,) = sqlx::query_as(
+        "EXPLAIN (FORMAT JSON)
+         UPDATE deliveries AS d SET status = 'sent', lease_owner = NULL, updated_at = now()
+         FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS u(id, name, bucket)
+         WHERE d.destination = 'meta' AND d.event_id = u.id AND d.event_name = u.name
+           AND d.bucket = u.bucket AND d.lease_owner = 'worker-0'",
+    )
+    .bind(&ids)
+    .bind(vec!["lead"; ids.len()])
+    .bind(vec![bucket; ids.len()])
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    let scans = plan_nodes_on(&plan, &today);
+    assert!(
+        !scans.is_empty() && scans.iter().all(|n| n == "Index Scan"),
+        "{today} read by {scans:?}: {plan}"
+    );
+    pool.close().await;
+    leadpipe_tests::drop_database(&url).await;
+}
+
+/// The node types of `plan` (EXPLAIN's JSON) that read `table`.
+fn plan_nodes_on(plan: &serde_json::Value, table: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut stack = vec![plan];
+    while let Some(v) = stack.pop() {
+        match v {
+            serde_json::Value::Array(items) => stack.extend(items),
+            serde_json::Value::Object(node) => {
+                if node.get("Relation Name").and_then(|r| r.as_str()) == Some(table)
+                    && let Some(kind) = node.get("Node Type").and_then(|k| k.as_str())
+                {
+                    found.push(kind.to_owned());
+                }
+                stack.extend(node.values());
+            }
+            _ => {}
+        }
+    }
+    found
+}

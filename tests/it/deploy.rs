@@ -208,7 +208,7 @@ fn the_kubernetes_manifests_keep_secrets_apart_and_every_pod_hardened() {
         .all()
         .iter()
         .map(|r| r.service)
-        .chain(["ingest"])
+        .chain(["ingest", "console"])
         .collect();
     assert_eq!(
         deployments.len(),
@@ -221,7 +221,8 @@ fn the_kubernetes_manifests_keep_secrets_apart_and_every_pod_hardened() {
         let pod = &d["spec"]["template"]["spec"];
         check_pod(name, pod);
         let component = &d["spec"]["selector"]["matchLabels"]["component"];
-        // Its own Secret, and the infrastructure it needs: nothing of another service.
+        // Its own Secret, and the infrastructure it needs: nothing of another service (the
+        // console reads the delivery log and the queues, as a sender does).
         let want: std::collections::BTreeSet<String> = if name == "ingest" {
             vec!["leadpipe-ingest".to_owned(), "leadpipe-broker".to_owned()]
         } else {
@@ -255,7 +256,8 @@ fn the_kubernetes_manifests_keep_secrets_apart_and_every_pod_hardened() {
             types.contains(&"Ingress") && types.contains(&"Egress"),
             "{name}"
         );
-        // Ingress on one port only: the API for ingest, the metrics for a sender.
+        // Ingress on one port only: the API for ingest and the console, the metrics for a
+        // sender.
         let ports: Vec<i64> = policy["spec"]["ingress"]
             .as_sequence()
             .unwrap()
@@ -284,6 +286,53 @@ fn the_kubernetes_manifests_keep_secrets_apart_and_every_pod_hardened() {
             .contains("leadpipe-secrets")),
         "the shared leadpipe-secrets Secret is gone"
     );
+}
+
+#[test]
+fn the_kubernetes_console_reaches_every_senders_readyz_by_its_service() {
+    let docs = manifests();
+    let named = |kind: &str, name: &str| {
+        docs.iter()
+            .map(|(_, d)| d)
+            .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("no {kind} {name}"))
+    };
+    let console = &named("Deployment", "console")["spec"]["template"]["spec"]["containers"][0];
+    let template = console["env"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "CONSOLE_SENDER_URL")
+        .and_then(|e| e["value"].as_str())
+        .expect("the console's CONSOLE_SENDER_URL");
+    for r in leadpipe_registry::REGISTRY.all() {
+        // The URL the console builds for it names a Service on its metrics port...
+        let url = template
+            .replace("{service}", r.service)
+            .replace("{port}", &r.metrics_port.to_string());
+        assert_eq!(url, format!("http://{}:{}", r.service, r.metrics_port));
+        let service = named("Service", r.service);
+        assert_eq!(
+            service["spec"]["selector"]["component"], r.service,
+            "{}: the Service selects its pods",
+            r.service
+        );
+        assert_eq!(
+            service["spec"]["ports"][0]["port"].as_i64(),
+            Some(i64::from(r.metrics_port)),
+            "{}",
+            r.service
+        );
+        // ... and its NetworkPolicy lets the console in.
+        let policy = named("NetworkPolicy", r.service);
+        let from_console = policy["spec"]["ingress"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .flat_map(|rule| rule["from"].as_sequence().cloned().unwrap_or_default())
+            .any(|peer| peer["podSelector"]["matchLabels"]["component"] == "console");
+        assert!(from_console, "{}: the console may not read it", r.service);
+    }
 }
 
 #[test]

@@ -1,7 +1,10 @@
 //! Keeping the delivery log bounded: each sender maintains its own destination's time
 //! partitions (`leadpipe_db::partitions`) once before it consumes, then every
 //! [`maintenance_period`](leadpipe_db::partitions::maintenance_period), creating them ahead
-//! and dropping those past its retention.
+//! and dropping those past its retention. Every [`STATISTICS_PERIOD`] it also analyzes the
+//! partitions that changed much since their last analyze
+//! ([`analyze_changed`](leadpipe_db::partitions::analyze_changed)), so that writing an
+//! outcome stays a probe of its key however large the day's partition grows.
 
 use chrono::Utc;
 use sqlx::PgPool;
@@ -75,7 +78,26 @@ pub async fn maintain_at_start(
     }
 }
 
-/// Maintains every `period` until `shutdown`.
+/// How often a sender looks for partitions to analyze.
+pub const STATISTICS_PERIOD: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Analyzes the destination's partitions that changed much; a failure is logged, never
+/// fatal (the next round tries again).
+pub async fn analyze_once(pool: &PgPool, destination: &'static str) {
+    match partitions::analyze_changed(pool, destination).await {
+        Ok(tables) if !tables.is_empty() => {
+            tracing::debug!(destination, ?tables, "delivery log partitions analyzed");
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(
+            destination,
+            error = %e,
+            "analyzing the delivery log's partitions failed; trying again next round"
+        ),
+    }
+}
+
+/// Maintains every `period`, and analyzes every [`STATISTICS_PERIOD`], until `shutdown`.
 pub async fn run(
     pool: PgPool,
     destination: &'static str,
@@ -84,11 +106,21 @@ pub async fn run(
     metrics: Metrics,
     shutdown: CancellationToken,
 ) {
+    let mut maintenance = tokio::time::interval(period);
+    let mut statistics = tokio::time::interval(STATISTICS_PERIOD);
+    for timer in [&mut maintenance, &mut statistics] {
+        timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    }
+    // The first ticks are immediate: maintenance ran at start already.
+    maintenance.tick().await;
+    statistics.tick().await;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(period) => {}
+            _ = maintenance.tick() => {
+                maintain_once(&pool, destination, retention, &metrics).await;
+            }
+            _ = statistics.tick() => analyze_once(&pool, destination).await,
         }
-        maintain_once(&pool, destination, retention, &metrics).await;
     }
 }

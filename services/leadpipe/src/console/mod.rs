@@ -146,6 +146,8 @@ pub(super) struct Console {
     destinations: Vec<&'static Registration>,
     /// Dead letters and replays.
     dead_letters: dead_letters::State,
+    /// The last count of the last 24 hours, reused while counting it is slow.
+    day_counts: overview::DayCounts,
 }
 
 impl Console {
@@ -255,6 +257,7 @@ pub(crate) async fn run() -> anyhow::Result<ExitCode> {
             .timeout(std::time::Duration::from_secs(2))
             .build()?,
         dead_letters: dead_letters::State::new(&destinations),
+        day_counts: overview::DayCounts::default(),
         destinations,
     });
     let listener = tokio::net::TcpListener::bind(settings.addr).await?;
