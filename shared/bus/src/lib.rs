@@ -41,6 +41,11 @@ pub enum Error {
         #[source]
         source: lapin::Error,
     },
+    /// The broker took the connection but did not finish setting it up (declarations,
+    /// channels) in time: a node of a cluster that lost a peer can leave a declaration of a
+    /// quorum queue waiting. The connection is dropped and made again.
+    #[error("RabbitMQ did not set up the connection (declarations, channels) within {0:?}")]
+    SetupTimeout(std::time::Duration),
     /// Any other AMQP failure.
     #[error(transparent)]
     Amqp(#[from] lapin::Error),

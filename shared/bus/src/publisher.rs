@@ -353,7 +353,11 @@ async fn supervise(inner: Arc<Inner>, shutdown: CancellationToken) {
     };
     let mut backoff = reconnects();
     loop {
-        let failed = match open(&inner).await {
+        let opened = match tokio::time::timeout(SETUP_TIMEOUT, open(&inner)).await {
+            Ok(opened) => opened,
+            Err(_) => Err(crate::Error::SetupTimeout(SETUP_TIMEOUT)),
+        };
+        let failed = match opened {
             Ok((conn, channels)) => {
                 backoff = reconnects();
                 let mut events = conn.events_listener();
@@ -429,6 +433,12 @@ async fn supervise(inner: Arc<Inner>, shutdown: CancellationToken) {
         }
     }
 }
+
+/// How long the publisher's connection may take to be set up (connecting to each node in
+/// turn, declaring the topology, opening its channels) before it is dropped and made again:
+/// a declaration left waiting by a cluster that lost a node must not keep the publisher, and
+/// the senders that wait for it, away for good.
+const SETUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 async fn open(inner: &Inner) -> crate::Result<(Connection, Vec<Channel>)> {
     let conn = crate::connect(&inner.settings.url, &inner.settings.connection_name).await?;
