@@ -9,7 +9,7 @@ run: export LEADPIPE_NAMESPACE ?= leadpipe
 run: export INGEST_ADDR ?= 127.0.0.1:8080
 run: export LOG_FORMAT ?= pretty
 
-.PHONY: run test test-cluster cluster e2e fuzz services tools build release lint fmt bench bench-cluster soak screenshots clean-namespaces help
+.PHONY: run test test-cluster cluster e2e fuzz services tools build release lint fmt bench bench-cluster soak screenshots help
 
 help:
 	@echo "make run    - build and run the pipeline against local RabbitMQ/Postgres"

@@ -69,9 +69,8 @@ fn cluster_up() -> Option<NodesBack> {
     }
 }
 
-/// The node (1-3) that leads the most of the namespace's work queues, from the management API
-/// of any running node.
-async fn busiest_leader(namespace: &str) -> usize {
+/// The namespace's queues, as the management API of the first running node lists them.
+async fn namespace_queues(namespace: &str) -> Option<Vec<serde_json::Value>> {
     let http = reqwest::Client::new();
     for port in [15701, 15702, 15703] {
         let Ok(r) = http
@@ -82,26 +81,39 @@ async fn busiest_leader(namespace: &str) -> usize {
         else {
             continue;
         };
-        let Ok(queues) = r.json::<serde_json::Value>().await else {
+        let Ok(serde_json::Value::Array(queues)) = r.json::<serde_json::Value>().await else {
             continue;
         };
-        let mut counts = [0usize; 4];
-        for q in queues.as_array().into_iter().flatten() {
-            let name = q["name"].as_str().unwrap_or_default();
-            let leader = q["leader"].as_str().unwrap_or_default();
-            if name.starts_with(&format!("{namespace}."))
-                && let Some(n) = leader
-                    .strip_prefix("leadpipe-rabbit-")
-                    .and_then(|s| s.split('@').next())
-                    .and_then(|n| n.parse::<usize>().ok())
-                && n <= 3
-            {
-                counts[n] += 1;
-            }
-        }
-        return (1..=3).max_by_key(|&n| counts[n]).unwrap_or(1);
+        let prefix = format!("{namespace}.");
+        return Some(
+            queues
+                .into_iter()
+                .filter(|q| q["name"].as_str().is_some_and(|n| n.starts_with(&prefix)))
+                .collect(),
+        );
     }
-    panic!("no node's management API answers");
+    None
+}
+
+/// The node (1-3) that leads the most of the namespace's work queues, from the management API
+/// of any running node.
+async fn busiest_leader(namespace: &str) -> usize {
+    let queues = namespace_queues(namespace)
+        .await
+        .expect("no node's management API answers");
+    let mut counts = [0usize; 4];
+    for q in &queues {
+        if let Some(n) = q["leader"]
+            .as_str()
+            .and_then(|l| l.strip_prefix("leadpipe-rabbit-"))
+            .and_then(|s| s.split('@').next())
+            .and_then(|n| n.parse::<usize>().ok())
+            && n <= 3
+        {
+            counts[n] += 1;
+        }
+    }
+    (1..=3).max_by_key(|&n| counts[n]).unwrap_or(1)
 }
 
 /// Posts the batches of `range` as a client would (again after 200 ms while ingest is
@@ -212,41 +224,21 @@ async fn open_rows(p: &leadpipe_tests::Pipeline) -> Vec<(String, String, i64)> {
     .unwrap()
 }
 
-/// The namespace's queues that hold messages, as a running node's management API reports
-/// them: name, messages, leader.
+/// The namespace's queues that hold messages: name, messages, leader.
 async fn queues_of(namespace: &str) -> Vec<(String, i64, String)> {
-    for port in [15701, 15702, 15703] {
-        let Ok(r) = reqwest::Client::new()
-            .get(format!("http://127.0.0.1:{port}/api/queues/%2f"))
-            .basic_auth("guest", Some("guest"))
-            .send()
-            .await
-        else {
-            continue;
-        };
-        let Ok(queues) = r.json::<serde_json::Value>().await else {
-            continue;
-        };
-        return queues
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|q| {
-                q["name"]
-                    .as_str()
-                    .is_some_and(|n| n.starts_with(&format!("{namespace}.")))
-                    && q["messages"].as_i64().unwrap_or(0) > 0
-            })
-            .map(|q| {
-                (
-                    q["name"].as_str().unwrap_or_default().to_owned(),
-                    q["messages"].as_i64().unwrap_or(0),
-                    q["leader"].as_str().unwrap_or_default().to_owned(),
-                )
-            })
-            .collect();
-    }
-    Vec::new()
+    namespace_queues(namespace)
+        .await
+        .unwrap_or_default()
+        .iter()
+        .filter(|q| q["messages"].as_i64().unwrap_or(0) > 0)
+        .map(|q| {
+            (
+                q["name"].as_str().unwrap_or_default().to_owned(),
+                q["messages"].as_i64().unwrap_or(0),
+                q["leader"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
 }
 
 /// Rows past the sending: sent, refused, skipped, or accepted and waiting for a verdict.
