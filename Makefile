@@ -9,7 +9,7 @@ run: export LEADPIPE_NAMESPACE ?= leadpipe
 run: export INGEST_ADDR ?= 127.0.0.1:8080
 run: export LOG_FORMAT ?= pretty
 
-.PHONY: run test test-cluster cluster e2e fuzz services tools build release lint fmt bench bench-cluster soak screenshots help
+.PHONY: run test test-cluster cluster e2e fuzz services tools build release lint fmt bench bench-cluster soak screenshots clean-test-namespaces help
 
 help:
 	@echo "make run    - build and run the pipeline against local RabbitMQ/Postgres"
@@ -21,11 +21,17 @@ help:
 	@echo "make test-cluster - the pipeline on that cluster: a node killed, two stopped"
 	@echo "make bench-cluster - the pipeline benchmark on one node, then on the cluster (PIPELINE_RATE, PIPELINE_SECS)"
 	@echo "make screenshots - the console's pages in headless Chromium, saved under docs/console/"
+	@echo "make clean-test-namespaces - delete queues and databases that tests left behind"
 	@echo "make soak   - the whole pipeline for 10 minutes at the rate make bench found (SOAK_SECS, PIPELINE_RATE)"
 
 ## Start RabbitMQ and PostgreSQL if needed (installed-but-stopped, or docker compose).
 services:
 	@scripts/services.sh
+
+## Queues of test namespaces no consumer reads and test databases nobody is connected to
+## (scripts/clean-test-namespaces.sh); .ci/run calls it before the tests.
+clean-test-namespaces:
+	@scripts/clean-test-namespaces.sh
 
 ## Install what `make test` needs beyond cargo (promtool) when it is absent.
 tools:

@@ -242,6 +242,7 @@ async fn partitioning_keeps_every_existing_row_and_a_claim_honours_them() {
         ingested_at: None,
         lead_id: None,
         order_id: None,
+        settled: None,
     };
     let claim = store.claim(&[request("e1"), request("e2")]).await.unwrap();
     assert!(claim.done.contains(&request("e1").key), "{claim:?}");
@@ -278,6 +279,7 @@ async fn partitioning_keeps_every_existing_row_and_a_claim_honours_them() {
             ingested_at: None,
             lead_id: None,
             order_id: None,
+            settled: None,
         }])
         .await
         .unwrap();

@@ -379,6 +379,7 @@ async fn an_outcome_written_after_another_worker_took_the_lease_over_is_reported
         ingested_at: None,
         lead_id: None,
         order_id: None,
+        settled: None,
     };
     assert!(
         a.claim(std::slice::from_ref(&claim))
@@ -426,6 +427,121 @@ async fn an_outcome_written_after_another_worker_took_the_lease_over_is_reported
     assert_eq!(
         p.row("E-lease").await.map(|r| r.0).as_deref(),
         Some("retrying")
+    );
+    p.cleanup().await;
+}
+
+#[tokio::test]
+async fn an_event_decided_before_any_request_is_written_final_by_its_claim_where_a_claim_may_take_it()
+ {
+    // Arrange: on Meta's log, one event retried once by worker A, one sent by A, and one in
+    // flight at worker B under a live lease.
+    use leadpipe_consumer::store::{ClaimRequest, EventKey, Record, Store};
+    use leadpipe_db::DeliveryStatus;
+    let p = Pipeline::new().await;
+    let lease = Duration::from_secs(60);
+    let a = Store::open(p.pool.clone(), "meta", "worker-a".into(), lease)
+        .await
+        .unwrap();
+    let b = Store::open(p.pool.clone(), "meta", "worker-b".into(), lease)
+        .await
+        .unwrap();
+    let occurred = chrono::Utc::now();
+    let key = |id: &str| EventKey::new(id, "lead", a.bucket_of(occurred));
+    let request = |id: &str, settled| ClaimRequest {
+        key: key(id),
+        occurred_at: Some(occurred),
+        source: "site-widget".into(),
+        ingested_at: None,
+        lead_id: None,
+        order_id: None,
+        settled,
+    };
+    let record = |id: &str, status| Record {
+        key: key(id),
+        status: Some(status),
+        tried: 1,
+        http_status: Some(500),
+        error_code: Some("http_500".into()),
+        error_message: None,
+        reference: None,
+        payload: None,
+    };
+    a.claim(&[request("E-retrying", None), request("E-sent", None)])
+        .await
+        .unwrap();
+    assert!(
+        a.record(&[
+            record("E-retrying", DeliveryStatus::Retrying),
+            record("E-sent", DeliveryStatus::Sent),
+        ])
+        .await
+        .unwrap()
+        .is_empty()
+    );
+    assert!(
+        b.claim(&[request("E-held", None)])
+            .await
+            .unwrap()
+            .claimed
+            .contains(&key("E-held"))
+    );
+
+    // Act: A claims them, and a new one, as decided without a request (unmapped).
+    let unmapped = Some(DeliveryStatus::SkippedUnmapped);
+    let claim = a
+        .claim(&[
+            request("E-new", unmapped),
+            request("E-retrying", unmapped),
+            request("E-sent", unmapped),
+            request("E-held", unmapped),
+        ])
+        .await
+        .unwrap();
+
+    // Assert: the new and the retrying rows are written final with no lease (the retried
+    // one keeps its attempt and its last error); the sent one is done, the held one busy.
+    let mut claimed: Vec<String> = claim.claimed.iter().map(|k| k.event_id.clone()).collect();
+    claimed.sort();
+    assert_eq!(claimed, ["E-new", "E-retrying"]);
+    assert!(claim.done.contains(&key("E-sent")), "{claim:?}");
+    assert!(claim.busy.contains_key(&key("E-held")), "{claim:?}");
+    // (event id, status, attempts, lease owner, no lease expiry, last error code)
+    type Row = (String, String, i32, Option<String>, bool, Option<String>);
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT event_id, status, attempts, lease_owner, lease_expires_at IS NULL,
+                last_error_code
+         FROM deliveries WHERE destination = 'meta' ORDER BY event_id",
+    )
+    .fetch_all(&p.pool)
+    .await
+    .unwrap();
+    let row = |id: &str, status: &str, attempts, owner: Option<&str>, code: Option<&str>| {
+        (
+            id.to_owned(),
+            status.to_owned(),
+            attempts,
+            owner.map(str::to_owned),
+            owner.is_none(),
+            code.map(str::to_owned),
+        )
+    };
+    assert_eq!(
+        rows,
+        [
+            row("E-held", "in_flight", 0, Some("worker-b"), None),
+            row("E-new", "skipped_unmapped", 0, None, None),
+            row("E-retrying", "skipped_unmapped", 1, None, Some("http_500")),
+            row("E-sent", "sent", 1, None, None),
+        ]
+    );
+    // Nothing of them is A's to renew.
+    assert_eq!(
+        a.renew(&[key("E-new"), key("E-retrying")])
+            .await
+            .unwrap()
+            .len(),
+        2
     );
     p.cleanup().await;
 }

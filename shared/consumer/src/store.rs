@@ -10,7 +10,10 @@
 //! is held across the destination call. While the batch is in hand its leases are renewed
 //! ([`Store::renew`]), so a slow destination never lets another worker take over an event
 //! that is still being sent. Outcomes are written in one statement afterwards, only on rows
-//! still leased to us; [`Store::record`] names the rows whose lease was lost.
+//! still leased to us; [`Store::record`] names the rows whose lease was lost. An event the
+//! destination takes nothing of (unmapped, consent blocked, expired) is claimed straight into
+//! that final status, with no lease and no second statement
+//! ([`ClaimRequest::settled`]).
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -68,12 +71,16 @@ pub struct ClaimRequest {
     pub lead_id: Option<String>,
     /// The client's id of the order (`won`, `refund`).
     pub order_id: Option<String>,
+    /// Decided before any request (unmapped, consent blocked, expired: a final status that is
+    /// neither routed nor sent): the claim writes it at once, in the same statement, rather
+    /// than taking a lease and updating the row afterwards. `None`: claim it to send.
+    pub settled: Option<DeliveryStatus>,
 }
 
 /// What a claim found for each event.
 #[derive(Debug, Default)]
 pub struct Claim {
-    /// Ours to send.
+    /// Ours to send (or, for a request that came `settled`, written with that status).
     pub claimed: HashSet<EventKey>,
     /// Already decided (sent, dead-lettered, blocked…): ack without a request.
     pub done: HashSet<EventKey>,
@@ -235,6 +242,10 @@ impl Store {
         let occurred: Vec<Option<DateTime<Utc>>> = events.iter().map(|e| e.occurred_at).collect();
         let leads: Vec<Option<&str>> = events.iter().map(|e| e.lead_id.as_deref()).collect();
         let orders: Vec<Option<&str>> = events.iter().map(|e| e.order_id.as_deref()).collect();
+        let settled: Vec<&str> = events
+            .iter()
+            .map(|e| e.settled.map(DeliveryStatus::as_str).unwrap_or("in_flight"))
+            .collect();
         if self.legacy {
             sqlx::query(
                 "WITH u AS (SELECT * FROM unnest($2::text[], $3::text[], $4::timestamptz[],
@@ -260,26 +271,31 @@ impl Store {
             .execute(&self.pool)
             .await?;
         }
+        // A settled row takes its final status and no lease; every other row is leased to
+        // this worker. An existing row is taken over on the same terms as before.
         let claimed: Vec<KeyRow> = sqlx::query_as(
             "INSERT INTO deliveries AS d
                  (destination, event_id, status, event_name, source, ingested_at,
                   lease_owner, lease_expires_at, occurred_at, bucket, lead_id, order_id)
-             SELECT $1, u.id, 'in_flight', u.name, u.source, u.ingested, $2,
-                    now() + make_interval(secs => $3), u.occurred, u.bucket, u.lead, u.ord
+             SELECT $1, u.id, u.status, u.name, u.source, u.ingested,
+                    CASE WHEN u.status = 'in_flight' THEN $2 END,
+                    CASE WHEN u.status = 'in_flight' THEN now() + make_interval(secs => $3) END,
+                    u.occurred, u.bucket, u.lead, u.ord
              FROM unnest($4::text[], $5::text[], $6::text[], $7::timestamptz[],
-                         $8::timestamptz[], $9::timestamptz[], $12::text[], $13::text[])
-                  AS u(id, name, source, ingested, occurred, bucket, lead, ord)
+                         $8::timestamptz[], $9::timestamptz[], $12::text[], $13::text[],
+                         $14::text[])
+                  AS u(id, name, source, ingested, occurred, bucket, lead, ord, status)
              WHERE NOT ($10::bool AND EXISTS (
                  SELECT 1 FROM deliveries l
                  WHERE l.destination = $1 AND l.bucket = $11 AND l.event_id = u.id
                    AND l.event_name = u.name))
              ON CONFLICT (destination, event_id, event_name, bucket) DO UPDATE
-             SET status = 'in_flight', lease_owner = EXCLUDED.lease_owner,
+             SET status = EXCLUDED.status, lease_owner = EXCLUDED.lease_owner,
                  lease_expires_at = EXCLUDED.lease_expires_at, updated_at = now()
              WHERE d.status = 'retrying'
                 OR (d.status = 'in_flight'
                     AND (d.lease_expires_at IS NULL OR d.lease_expires_at < now()
-                         OR d.lease_owner = EXCLUDED.lease_owner))
+                         OR d.lease_owner = $2))
              RETURNING d.event_id, d.event_name, d.bucket",
         )
         .bind(self.destination)
@@ -295,6 +311,7 @@ impl Store {
         .bind(partitions::LEGACY_BUCKET)
         .bind(&leads)
         .bind(&orders)
+        .bind(&settled)
         .fetch_all(&self.pool)
         .await?;
         let mut claim = Claim {

@@ -104,9 +104,12 @@ pub(super) async fn process_batch<A: Adapter>(
     let batch_started = SystemTime::now();
     let mut slots: Vec<Slot> = batch.into_iter().map(|d| decode(d, store)).collect();
 
-    // Lag, and duplicates within the batch.
+    // Lag, and duplicates within the batch. Each new event is prepared now (a verdict poll
+    // needs no payload), so that one the destination takes nothing of (unmapped, consent
+    // blocked, expired) is written with its final status by the claim itself.
     let mut first_of: HashMap<EventKey, usize> = HashMap::new();
     let mut claims = Vec::new();
+    let mut early: HashMap<usize, Prepared<A::Prepared>> = HashMap::new();
     for (i, slot) in slots.iter_mut().enumerate() {
         let (Some(env), Some(key)) = (&slot.envelope, &slot.key) else {
             continue;
@@ -125,6 +128,12 @@ pub(super) async fn process_batch<A: Adapter>(
             continue;
         }
         first_of.insert(key.clone(), i);
+        let mut settled = None;
+        if slot.polls == 0 {
+            let prepared = prepare(shared, env, key);
+            settled = settled_by(&prepared);
+            early.insert(i, prepared);
+        }
         claims.push(ClaimRequest {
             key: key.clone(),
             occurred_at: env.event.occurred_at_utc(),
@@ -132,8 +141,15 @@ pub(super) async fn process_batch<A: Adapter>(
             ingested_at: ingested,
             lead_id: env.event.lead_id.clone(),
             order_id: env.event.order_id.clone(),
+            settled,
         });
     }
+    // Rows the claim wrote final: no lease to renew, no outcome to write.
+    let settled_keys: std::collections::HashSet<EventKey> = claims
+        .iter()
+        .filter(|c| c.settled.is_some())
+        .map(|c| c.key.clone())
+        .collect();
 
     let claim = if claims.is_empty() {
         Default::default()
@@ -146,14 +162,17 @@ pub(super) async fn process_batch<A: Adapter>(
             }
         }
     };
-    shared.metrics.in_flight.add(claim.claimed.len() as i64);
+    let leased: Vec<EventKey> = claim
+        .claimed
+        .iter()
+        .filter(|k| !settled_keys.contains(*k))
+        .cloned()
+        .collect();
+    let leased_count = leased.len() as i64;
+    shared.metrics.in_flight.add(leased_count);
     // The leases are renewed for as long as the batch is in hand, so that a slow destination
     // never lets another worker take over (and send again) an event still being sent.
-    let _renewal = LeaseRenewal::start(
-        shared.destination(),
-        store.clone(),
-        claim.claimed.iter().cloned().collect(),
-    );
+    let _renewal = LeaseRenewal::start(shared.destination(), store.clone(), leased);
 
     // Prepare what we hold.
     let mut outcomes: HashMap<usize, Outcome> = HashMap::new();
@@ -193,21 +212,13 @@ pub(super) async fn process_batch<A: Adapter>(
                 poll: (slot.polls > 0).then_some(slot.polls),
             });
         } else if claim.claimed.contains(key) {
-            let env = slot.envelope.as_ref().expect("claimed slots decoded");
-            // A panic preparing one event dead-letters that event alone.
-            let prepared =
-                std::panic::catch_unwind(AssertUnwindSafe(|| shared.adapter.prepare(env)))
-                    .unwrap_or_else(|_| {
-                        tracing::error!(
-                            destination = shared.destination(),
-                            event_id = %key.event_id,
-                            "the destination adapter panicked preparing the event"
-                        );
-                        Prepared::Done(Outcome::Permanent(Failure::new(
-                            "adapter_panic",
-                            "the destination adapter panicked preparing this event",
-                        )))
-                    });
+            let prepared = match early.remove(&i) {
+                Some(prepared) => prepared,
+                None => {
+                    let env = slot.envelope.as_ref().expect("claimed slots decoded");
+                    prepare(shared, env, key)
+                }
+            };
             match prepared {
                 Prepared::Done(outcome) => {
                     outcomes.insert(i, outcome);
@@ -332,7 +343,10 @@ pub(super) async fn process_batch<A: Adapter>(
         );
         report.requests += record.tried as usize;
         slot.action = Some(action);
-        records.push(record);
+        // Written final by the claim (the only outcome these rows can have).
+        if !settled_keys.contains(&record.key) {
+            records.push(record);
+        }
     }
 
     // Verdicts on accepted events that came back to ask for them.
@@ -369,11 +383,11 @@ pub(super) async fn process_batch<A: Adapter>(
         Ok(lost) => lost,
         Err(e) => {
             requeue_all(shared, &slots).await;
-            shared.metrics.in_flight.sub(claim.claimed.len() as i64);
+            shared.metrics.in_flight.sub(leased_count);
             return Err(anyhow::Error::new(e).context("recording outcomes failed"));
         }
     };
-    shared.metrics.in_flight.sub(claim.claimed.len() as i64);
+    shared.metrics.in_flight.sub(leased_count);
     if !lost.is_empty() {
         shared.metrics.lost_leases.inc_by(lost.len() as u64);
         let ids: Vec<String> = lost.iter().map(ToString::to_string).collect();
@@ -403,6 +417,38 @@ pub(super) async fn process_batch<A: Adapter>(
 
     acknowledge(shared, &slots).await?;
     Ok(report)
+}
+
+/// The adapter's view of one event; a panic dead-letters that event alone.
+fn prepare<A: Adapter>(
+    shared: &Shared<A>,
+    env: &Envelope,
+    key: &EventKey,
+) -> Prepared<A::Prepared> {
+    std::panic::catch_unwind(AssertUnwindSafe(|| shared.adapter.prepare(env))).unwrap_or_else(
+        |_| {
+            tracing::error!(
+                destination = shared.destination(),
+                event_id = %key.event_id,
+                "the destination adapter panicked preparing the event"
+            );
+            Prepared::Done(Outcome::Permanent(Failure::new(
+                "adapter_panic",
+                "the destination adapter panicked preparing this event",
+            )))
+        },
+    )
+}
+
+/// The final status an event prepared as `prepared` takes without a request or a route, if
+/// any: the claim writes it.
+fn settled_by<T>(prepared: &Prepared<T>) -> Option<DeliveryStatus> {
+    match prepared {
+        Prepared::Done(Outcome::Unmapped) => Some(DeliveryStatus::SkippedUnmapped),
+        Prepared::Done(Outcome::BlockedConsent) => Some(DeliveryStatus::BlockedConsent),
+        Prepared::Done(Outcome::Expired) => Some(DeliveryStatus::Expired),
+        _ => None,
+    }
 }
 
 /// Reads one delivery's headers and body.
