@@ -5,8 +5,11 @@
 # its database has connections. Used by `make clean-test-namespaces` and `.ci/run`.
 set -uo pipefail
 
-queues=$(timeout 60 rabbitmqctl list_queues name consumers --no-table-headers -q 2>/dev/null \
-  | awk '$2 == 0 {print $1}' | grep -E '^t[a-z-]*[0-9a-f]{12}\.')
+if ! listing=$(timeout 60 rabbitmqctl list_queues name consumers --no-table-headers -q 2>&1); then
+  echo "clean-test-namespaces: rabbitmqctl could not list the broker's queues, none deleted: $listing" >&2
+  listing=
+fi
+queues=$(printf '%s\n' "$listing" | awk '$2 == 0 {print $1}' | grep -E '^t[a-z-]*[0-9a-f]{12}\.')
 n=0
 for q in $queues; do
   if timeout 30 rabbitmqctl delete_queue "$q" -q >/dev/null 2>&1; then n=$((n + 1)); fi
@@ -15,7 +18,10 @@ echo "clean-test-namespaces: deleted $n queue(s) left by tests"
 
 url=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/leadpipe}
 psql_url="${url%/*}/postgres"
-dbs=$(psql "$psql_url" -Atc "SELECT datname FROM pg_database WHERE datname ~ '^t[0-9a-f]{32}$'" 2>/dev/null)
+if ! dbs=$(psql "$psql_url" -Atc "SELECT datname FROM pg_database WHERE datname ~ '^t[0-9a-f]{32}$'" 2>&1); then
+  echo "clean-test-namespaces: PostgreSQL could not list the databases, none dropped: $dbs" >&2
+  dbs=
+fi
 m=0
 for d in $dbs; do
   # Refused (and kept) while anyone is connected to it.

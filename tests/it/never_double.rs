@@ -24,6 +24,23 @@ fn won(lead_id: &str, order: &str) -> Value {
     e
 }
 
+/// A claim of the lead `key` of the test source, as a sender makes it.
+fn claim_request(
+    key: leadpipe_consumer::store::EventKey,
+    occurred: chrono::DateTime<chrono::Utc>,
+    settled: Option<leadpipe_db::DeliveryStatus>,
+) -> leadpipe_consumer::store::ClaimRequest {
+    leadpipe_consumer::store::ClaimRequest {
+        key,
+        occurred_at: Some(occurred),
+        source: "site-widget".into(),
+        ingested_at: None,
+        lead_id: None,
+        order_id: None,
+        settled,
+    }
+}
+
 /// Sums a counter over several senders' `/metrics` pages.
 fn counter(pages: &[String], series: &str) -> u64 {
     pages
@@ -361,7 +378,7 @@ async fn a_lead_and_a_won_sharing_one_event_id_both_reach_meta() {
 async fn an_outcome_written_after_another_worker_took_the_lease_over_is_reported_lost() {
     // Arrange: worker A claims an event with a short lease and does not renew it (its
     // database was away, say); worker B takes the lapsed lease over.
-    use leadpipe_consumer::store::{ClaimRequest, EventKey, Record, Store};
+    use leadpipe_consumer::store::{EventKey, Record, Store};
     let p = Pipeline::new().await;
     let lease = Duration::from_millis(300);
     let a = Store::open(p.pool.clone(), "meta", "worker-a".into(), lease)
@@ -372,15 +389,7 @@ async fn an_outcome_written_after_another_worker_took_the_lease_over_is_reported
         .unwrap();
     let occurred = chrono::Utc::now();
     let key = EventKey::new("E-lease", "lead", a.bucket_of(occurred));
-    let claim = ClaimRequest {
-        key: key.clone(),
-        occurred_at: Some(occurred),
-        source: "site-widget".into(),
-        ingested_at: None,
-        lead_id: None,
-        order_id: None,
-        settled: None,
-    };
+    let claim = claim_request(key.clone(), occurred, None);
     assert!(
         a.claim(std::slice::from_ref(&claim))
             .await
@@ -436,7 +445,7 @@ async fn an_event_decided_before_any_request_is_written_final_by_its_claim_where
  {
     // Arrange: on Meta's log, one event retried once by worker A, one sent by A, and one in
     // flight at worker B under a live lease.
-    use leadpipe_consumer::store::{ClaimRequest, EventKey, Record, Store};
+    use leadpipe_consumer::store::{EventKey, Record, Store};
     use leadpipe_db::DeliveryStatus;
     let p = Pipeline::new().await;
     let lease = Duration::from_secs(60);
@@ -448,15 +457,7 @@ async fn an_event_decided_before_any_request_is_written_final_by_its_claim_where
         .unwrap();
     let occurred = chrono::Utc::now();
     let key = |id: &str| EventKey::new(id, "lead", a.bucket_of(occurred));
-    let request = |id: &str, settled| ClaimRequest {
-        key: key(id),
-        occurred_at: Some(occurred),
-        source: "site-widget".into(),
-        ingested_at: None,
-        lead_id: None,
-        order_id: None,
-        settled,
-    };
+    let request = |id: &str, settled| claim_request(key(id), occurred, settled);
     let record = |id: &str, status| Record {
         key: key(id),
         status: Some(status),

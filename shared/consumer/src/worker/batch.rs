@@ -1,7 +1,7 @@
 //! The batch pipeline: decode → dedupe → claim (leases renewed while the batch is in hand)
 //! → prepare → send → decide → route → record → ack.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -131,7 +131,9 @@ pub(super) async fn process_batch<A: Adapter>(
         let mut settled = None;
         if slot.polls == 0 {
             let prepared = prepare(shared, env, key);
-            settled = settled_by(&prepared);
+            if let Prepared::Done(outcome) = &prepared {
+                settled = decide::settled_without_request(outcome);
+            }
             early.insert(i, prepared);
         }
         claims.push(ClaimRequest {
@@ -145,7 +147,7 @@ pub(super) async fn process_batch<A: Adapter>(
         });
     }
     // Rows the claim wrote final: no lease to renew, no outcome to write.
-    let settled_keys: std::collections::HashSet<EventKey> = claims
+    let settled_keys: HashSet<EventKey> = claims
         .iter()
         .filter(|c| c.settled.is_some())
         .map(|c| c.key.clone())
@@ -438,17 +440,6 @@ fn prepare<A: Adapter>(
             )))
         },
     )
-}
-
-/// The final status an event prepared as `prepared` takes without a request or a route, if
-/// any: the claim writes it.
-fn settled_by<T>(prepared: &Prepared<T>) -> Option<DeliveryStatus> {
-    match prepared {
-        Prepared::Done(Outcome::Unmapped) => Some(DeliveryStatus::SkippedUnmapped),
-        Prepared::Done(Outcome::BlockedConsent) => Some(DeliveryStatus::BlockedConsent),
-        Prepared::Done(Outcome::Expired) => Some(DeliveryStatus::Expired),
-        _ => None,
-    }
 }
 
 /// Reads one delivery's headers and body.

@@ -109,6 +109,18 @@ impl Action {
     }
 }
 
+/// The final status of an outcome that needs neither a request nor a route (unmapped,
+/// consent blocked, expired), if it is one: the claim writes it at once, and
+/// [`on_outcome`] gives such an outcome the same status with a plain ack.
+pub(super) fn settled_without_request(outcome: &Outcome) -> Option<DeliveryStatus> {
+    match outcome {
+        Outcome::Unmapped => Some(DeliveryStatus::SkippedUnmapped),
+        Outcome::BlockedConsent => Some(DeliveryStatus::BlockedConsent),
+        Outcome::Expired => Some(DeliveryStatus::Expired),
+        _ => None,
+    }
+}
+
 /// One outcome of a delivery that came with `attempts` (`x-leadpipe-attempts`) → what happens
 /// to it and what the delivery log records. `first_verdict_delay`: the adapter's wait before
 /// the first question about an accepted event.
@@ -587,6 +599,42 @@ mod tests {
                     delay >= at_least && delay <= at_most,
                     "{retry_after:?} → {delay:?}"
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn an_outcome_the_claim_settles_is_the_one_on_outcome_acks_with_that_status_and_no_request() {
+        let s = settings();
+        let outcomes = [
+            Outcome::Unmapped,
+            Outcome::BlockedConsent,
+            Outcome::Expired,
+            Outcome::Sent {
+                reference: None,
+                http_status: Some(200),
+            },
+            Outcome::Accepted { reference: None },
+            Outcome::DryRun {
+                payload: serde_json::json!({}),
+            },
+            Outcome::Retry {
+                failure: failure(),
+                retry_after: None,
+            },
+            Outcome::Permanent(failure()),
+            Outcome::Systemic(failure()),
+        ];
+        for outcome in outcomes {
+            let settled = settled_without_request(&outcome);
+            let (action, record) = on_outcome(&s, 0, VERDICT_WAIT, key(), outcome.clone());
+            let plain = matches!(
+                action,
+                Action::Ack(Done::SkippedUnmapped | Done::BlockedConsent | Done::Expired)
+            ) && record.tried == 0;
+            assert_eq!(settled.is_some(), plain, "{outcome:?}");
+            if settled.is_some() {
+                assert_eq!(record.status, settled, "{outcome:?}");
             }
         }
     }
